@@ -1,0 +1,1 @@
+"""ArcGIS REST specifics: HTTP client, auth, paging planner, Esri JSON, field types."""

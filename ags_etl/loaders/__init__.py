@@ -1,0 +1,1 @@
+"""Loaders: write FeatureBatches to files or services, atomically."""

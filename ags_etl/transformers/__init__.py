@@ -1,0 +1,1 @@
+"""Transformers: pure FeatureBatch → FeatureBatch steps (reproject, clip, fields)."""
