@@ -1,0 +1,141 @@
+"""``ags-etl pull URL -o PATH``: one layer into one file, format from the extension."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ags_etl.cli._common import auth_options, build_auth, handle_errors
+from ags_etl.errors import ConfigError
+from ags_etl.extractors.feature_layer import FeatureLayerExtractor
+from ags_etl.loaders.base import check_target
+from ags_etl.pipeline import Pipeline
+from ags_etl.registry import load, loader_name_for_path
+from ags_etl.transformers.base import Transformer
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ConfigError(f"--fields {value!r} names no field; give a comma-separated list such as NAME,STATUS")
+    return items
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        old, sep, new = v.partition("=")
+        if not sep or not old or not new:
+            raise ConfigError(f"{option} {v!r} is not OLD=NEW")
+        out[old] = new
+    return out
+
+
+@click.command("pull")
+@click.argument("url")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="Output file.")
+@click.option("--format", "fmt", help="Output format: geojson, geojsonl, shapefile, kmz, geoparquet (default: from -o).")
+@click.option("--where", help="SQL where clause evaluated by the server.")
+@click.option("--fields", help="Comma-separated fields to fetch (the OID field is always kept).")
+@click.option("--rename", multiple=True, help="Rename a field, OLD=NEW (repeatable).")
+@click.option("--decode-domains", is_flag=True, help="Replace coded-value domain codes by their labels.")
+@click.option("--t-srs", "t_srs", help="Reproject to this CRS (EPSG code, WKT or PROJ string).")
+@click.option("--server-side-reproject", is_flag=True, help="Ask the server for --t-srs (outSR) instead of pyproj.")
+@click.option("--clip", help="Clip to xmin,ymin,xmax,ymax (layer CRS unless --clip-crs).")
+@click.option("--clip-file", type=click.Path(exists=True, dir_okay=False), help="Clip to the polygons of this file.")
+@click.option("--clip-crs", help="CRS of --clip (a --clip-file with its own CRS keeps it).")
+@click.option("--page-size", type=int, help="Features per request (never above the server's maxRecordCount).")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Requests in flight at once.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["oid-list", "offset", "oid-range", "spatial"]),
+    help="Force a paging strategy (default: chosen from metadata and probes).",
+)
+@click.option("--response-format", type=click.Choice(["json", "geojson"]), default="json", show_default=True)
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per request.")
+@click.option("--retries", type=int, default=5, show_default=True, help="Retries of a failed request.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output (only once the new one is complete).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@auth_options
+@handle_errors
+def pull_cmd(
+    url: str,
+    output: str,
+    fmt: str | None,
+    where: str | None,
+    fields: str | None,
+    rename: tuple[str, ...],
+    decode_domains: bool,
+    t_srs: str | None,
+    server_side_reproject: bool,
+    clip: str | None,
+    clip_file: str | None,
+    clip_crs: str | None,
+    page_size: int | None,
+    concurrency: int,
+    strategy: str | None,
+    response_format: str,
+    timeout: float,
+    retries: int,
+    overwrite: bool,
+    quiet: bool,
+    token: str | None,
+    api_key: str | None,
+    username: str | None,
+    password: str | None,
+    token_url: str | None,
+) -> None:
+    """Pull every feature of the layer at URL into the file OUTPUT, exactly once.
+
+    The output appears only when complete; an existing file is replaced only with
+    --overwrite and only after the new one is complete.
+    """
+    # Everything below is checked before the first request.
+    path = Path(output)
+    loader_cls = load("loaders", loader_name_for_path(path, fmt))
+    check_target(path, overwrite)
+    auth = build_auth(token, api_key, username, password, token_url)
+    transformers: list[Transformer] = []
+    renames = _pairs(rename, "--rename")
+    if renames or decode_domains:
+        fields_cls = load("transformers", "fields")
+        transformers.append(fields_cls(rename=renames or None, decode_domains=decode_domains))
+    if clip is not None or clip_file is not None:
+        clip_cls = load("transformers", "clip")
+        transformers.append(clip_cls.from_cli(clip, clip_file, clip_crs))
+    elif clip_crs is not None:
+        raise ConfigError("--clip-crs needs --clip or --clip-file")
+    if t_srs is not None:
+        reproject_cls = load("transformers", "reproject")
+        transformers.append(reproject_cls(t_srs, server_side=server_side_reproject))
+        if server_side_reproject and transformers[0] is not transformers[-1]:
+            raise ConfigError("--server-side-reproject cannot be combined with --clip or --rename; drop one")
+    elif server_side_reproject:
+        raise ConfigError("--server-side-reproject needs --t-srs")
+    extractor = FeatureLayerExtractor(
+        url,
+        where=where,
+        fields=_csv(fields),
+        auth=auth,
+        page_size=page_size,
+        concurrency=concurrency,
+        strategy=strategy,
+        response_format=response_format,
+        timeout=timeout,
+        retries=retries,
+    )
+    loader = loader_cls(path, overwrite=overwrite)
+    result = Pipeline(extractor, transformers, loader).run()
+    if not quiet:
+        ex = result.extract
+        extra = "".join(f", {k} {v}" for k, v in result.transform_counters.items() if v)
+        click.echo(
+            f"wrote {result.load.features} features to {path} ({ex.strategy}, {ex.pages} pages, "
+            f"{ex.requests} requests, {ex.retries} retries{extra}, {result.seconds:.1f} s)",
+            err=True,
+        )
+        for warning in result.load.warnings:
+            click.echo(f"warning: {warning}", err=True)

@@ -1,0 +1,179 @@
+"""Coordinate reference systems from whatever users and servers hand us.
+
+:func:`parse_crs` takes user input (CLI options, pipeline files, transformer arguments);
+:func:`crs_from_spatial_reference` takes an Esri JSON ``spatialReference`` object as a
+layer, a query answer or an inline geometry carries it.
+
+Accepted forms of :func:`parse_crs`:
+
+* a :class:`pyproj.CRS` (returned as is);
+* an int or a string of digits (``4326``, ``"4326"``): an EPSG code, or an ESRI code when
+  EPSG has no such code (``102100`` → ``ESRI:102100``);
+* ``"AUTHORITY:CODE"`` (``"EPSG:2227"``, ``"ESRI:102100"``, ``"OGC:CRS84"``), OGC URNs;
+* WKT1 (OGC or Esri flavour, as in a shapefile ``.prj``), WKT2, PROJJSON (string or dict);
+* PROJ strings (``"+proj=utm +zone=10 +datum=WGS84"``);
+* an Esri ``spatialReference`` dict (``{"wkid": 102100, "latestWkid": 3857}``,
+  ``{"wkt": "PROJCS[...]"}``) or the same as a JSON string.
+
+Every failure is a :class:`~ags_etl.errors.ConfigError` that names the value and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+
+from ags_etl.errors import ConfigError
+
+__all__ = ["CRSLike", "parse_crs", "crs_from_spatial_reference", "describe_crs"]
+
+#: What :func:`parse_crs` accepts.
+CRSLike = str | int | dict[str, Any] | CRS
+
+_FIX = (
+    "give an EPSG code ('EPSG:4326' or 4326), an ESRI code ('ESRI:102100'), WKT (OGC or Esri), "
+    "a PROJ string ('+proj=utm +zone=10 +datum=WGS84') or an Esri spatialReference "
+    "({'wkid': 3857})"
+)
+
+#: Keys that make a dict an Esri spatialReference rather than PROJJSON.
+_SR_KEYS = ("latestWkid", "wkid", "wkt", "latestWkt")
+
+
+def _shorten(value: object, limit: int = 160) -> str:
+    """repr() of a value cut to ``limit`` characters (WKT can be kilobytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "…" + text[-4:]
+
+
+def describe_crs(crs: CRS | None) -> str:
+    """A short human name for a CRS in messages: ``"EPSG:3857 (WGS 84 / Pseudo-Mercator)"``."""
+    if crs is None:
+        return "unknown CRS"
+    auth = crs.to_authority(min_confidence=100)
+    if auth is not None:
+        return f"{auth[0]}:{auth[1]} ({crs.name})"
+    return crs.name
+
+
+def _from_code(code: int) -> CRS:
+    """EPSG code, else ESRI code (Esri's 1xxxxx codes such as 102100 are not in EPSG)."""
+    try:
+        return CRS.from_epsg(code)
+    except CRSError:
+        pass
+    # pyproj raises CRSError for codes neither authority knows; the caller maps it.
+    return CRS.from_authority("ESRI", code)
+
+
+def _code(value: object) -> int | None:
+    """An int code from an int, a float with no fraction or a string of digits; else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def crs_from_spatial_reference(sr: dict[str, Any] | None, *, strict: bool = False) -> CRS | None:
+    """The CRS of an Esri JSON ``spatialReference`` object.
+
+    Tries ``latestWkid`` first, then ``wkid`` (EPSG, else the ESRI authority for codes
+    such as 102100 that EPSG lacks), then ``wkt`` (some servers send only Esri WKT1),
+    then ``latestWkt``. Returns None when ``sr`` is None or empty or holds none of
+    those keys. When keys are present but none resolves, returns None — the layer's CRS
+    is then unknown — or, with ``strict=True``, raises :class:`ConfigError` naming them.
+    Vertical CRS keys (``vcsWkid``) are ignored.
+    """
+    if sr is None:
+        return None
+    if not isinstance(sr, dict):
+        if strict:
+            raise ConfigError(f"spatialReference {_shorten(sr)} is not a JSON object; {_FIX}")
+        return None
+    failures: list[str] = []
+    for key in ("latestWkid", "wkid"):
+        raw = sr.get(key)
+        if raw is None:
+            continue
+        code = _code(raw)
+        if code is None:
+            failures.append(f"{key}={raw!r} is not an integer code")
+            continue
+        try:
+            return _from_code(code)
+        except CRSError as exc:
+            failures.append(f"{key}={code} is neither an EPSG nor an ESRI code ({exc})")
+    for key in ("wkt", "latestWkt"):
+        raw = sr.get(key)
+        if raw is None:
+            continue
+        if not isinstance(raw, str) or not raw.strip():
+            failures.append(f"{key}={_shorten(raw)} is not WKT text")
+            continue
+        try:
+            return CRS.from_wkt(raw)
+        except CRSError as exc:
+            failures.append(f"{key}={_shorten(raw)} is not valid WKT ({exc})")
+    if failures and strict:
+        raise ConfigError(f"spatialReference {_shorten(sr)} names no known CRS: {'; '.join(failures)}; {_FIX}")
+    return None
+
+
+def parse_crs(value: CRSLike) -> CRS:
+    """A :class:`pyproj.CRS` from user input; see the module docstring for the accepted forms.
+
+    Raises :class:`ConfigError` naming the value and the forms accepted when the value
+    is empty, of the wrong type, or names no CRS PROJ knows.
+    """
+    if isinstance(value, CRS):
+        return value
+    if value is None or isinstance(value, bool):
+        raise ConfigError(f"CRS {value!r} is not a CRS; {_FIX}")
+    code = _code(value)
+    if code is not None:
+        try:
+            return _from_code(code)
+        except CRSError as exc:
+            raise ConfigError(f"CRS code {value!r} is neither an EPSG nor an ESRI code; {_FIX}") from exc
+    if isinstance(value, dict):
+        return _parse_dict(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise ConfigError(f"CRS {value!r} is empty; {_FIX}")
+        if text.startswith("{"):
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"CRS {_shorten(value)} looks like JSON but does not parse ({exc}); {_FIX}") from exc
+            if not isinstance(data, dict):
+                raise ConfigError(f"CRS {_shorten(value)} is JSON but not an object; {_FIX}")
+            return _parse_dict(data)
+        try:
+            return CRS.from_user_input(text)
+        except CRSError as exc:
+            raise ConfigError(f"CRS {_shorten(value)} is not recognised ({exc}); {_FIX}") from exc
+    raise ConfigError(f"CRS {_shorten(value)} has type {type(value).__name__}, which names no CRS; {_FIX}")
+
+
+def _parse_dict(value: dict[str, Any]) -> CRS:
+    """An Esri spatialReference dict (strictly) or a PROJJSON dict."""
+    if any(key in value for key in _SR_KEYS):
+        crs = crs_from_spatial_reference(value, strict=True)
+        if crs is None:  # every SR key was present but None
+            raise ConfigError(f"spatialReference {_shorten(value)} has no wkid or wkt; {_FIX}")
+        return crs
+    try:
+        return CRS.from_json_dict(value)
+    except CRSError as exc:
+        raise ConfigError(
+            f"CRS {_shorten(value)} is neither an Esri spatialReference nor PROJJSON ({exc}); {_FIX}"
+        ) from exc

@@ -1,0 +1,1 @@
+"""Extractors: sources of FeatureBatches (the ArcGIS layer extractor, and plugins)."""

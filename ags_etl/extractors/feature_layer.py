@@ -1,0 +1,650 @@
+"""The ArcGIS FeatureServer/MapServer layer extractor.
+
+::
+
+    with FeatureLayerExtractor(url, where="STATUS = 'A'", concurrency=8) as ext:
+        ext.schema            # LayerSchema, known before the first page
+        plan = ext.plan()     # probes + pure planner (ags_etl.arcgis.paging)
+        for batch in ext:     # FeatureBatches, in plan order, each feature exactly once
+            ...
+        ext.stats             # counts, strategy, requests, retries
+
+Contract: iteration yields every feature matching the query exactly once, or raises.
+At the end the number of distinct OIDs read is compared with the server's
+``returnCountOnly`` for the same where clause and filter; a difference raises
+:class:`~ags_etl.errors.IncompleteExtractError` naming both numbers. Pages run
+concurrently (at most ``concurrency`` requests, ``2 × concurrency`` pages held), and
+come out in plan order, so memory stays flat as the layer grows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
+import pyarrow as pa
+from pyproj import CRS
+from pyproj.transformer import Transformer as ProjTransformer
+
+from ags_etl.arcgis import paging
+from ags_etl.arcgis.auth import Auth
+from ags_etl.arcgis.client import ArcGISClient, display_url
+from ags_etl.arcgis.esrijson import decode_features, decode_geojson_features
+from ags_etl.arcgis.layer import LayerInfo, parse_layer
+from ags_etl.arcgis.paging import Plan, Probes, Strategy
+from ags_etl.batch import FeatureBatch
+from ags_etl.crs import parse_crs
+from ags_etl.errors import (
+    ArcGISError,
+    ConfigError,
+    IncompleteExtractError,
+    NotALayerError,
+    PagingError,
+    QueryError,
+    ServiceError,
+    TransientError,
+)
+from ags_etl.schema import LayerSchema
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+BBox = tuple[float, float, float, float]
+
+#: Rounds of re-asking for ids a chunk did not return before giving up on them.
+MAX_STALLED_ROUNDS = 2
+
+
+@dataclass
+class ExtractStats:
+    strategy: str = ""
+    expected: int | None = None
+    features: int = 0
+    pages: int = 0
+    duplicates_dropped: int = 0
+    strays_dropped: int = 0
+    page_size: int = 0
+    requests: int = 0
+    retries: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def validate_url(url: str) -> str:
+    """Reject what cannot be a layer URL before any network call."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{url!r} is not an http(s) URL; give a layer URL such as "
+            f"https://host/arcgis/rest/services/Name/FeatureServer/0"
+        )
+    if parts.query:
+        raise ConfigError(
+            f"layer URL {display_url(url)} has a query string; pass the layer URL alone and use "
+            f"--where/--fields/--token for the rest"
+        )
+    return url.rstrip("/")
+
+
+def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], concurrency: int) -> Iterator[R]:
+    """Run ``fn`` over ``tasks`` on ``concurrency`` threads, yielding results in task order.
+
+    At most ``2 × concurrency`` tasks are in flight, so memory stays bounded. The first
+    exception is raised in order; pending tasks are cancelled.
+    """
+    it = iter(tasks)
+    window: deque[Future[R]] = deque()
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ags-etl-page") as pool:
+        try:
+            for task in itertools.islice(it, concurrency * 2):
+                window.append(pool.submit(fn, task))
+            while window:
+                result = window.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    window.append(pool.submit(fn, nxt))
+                yield result
+        finally:
+            for fut in window:
+                fut.cancel()
+
+
+class FeatureLayerExtractor:
+    """Reads one ArcGIS REST layer; see the module docstring for the contract."""
+
+    name = "arcgis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        where: str | None = None,
+        fields: list[str] | None = None,
+        auth: Auth | None = None,
+        page_size: int | None = None,
+        concurrency: int = 4,
+        strategy: str | None = None,
+        out_sr: Any = None,
+        spatial_filter: tuple[BBox, CRS | None] | None = None,
+        response_format: str = "json",
+        timeout: float = 60.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        client: ArcGISClient | None = None,
+    ) -> None:
+        self.url = validate_url(url)
+        self.where = where.strip() if where is not None and where.strip() else "1=1"
+        self.fields = list(fields) if fields else None
+        if concurrency < 1:
+            raise ConfigError(f"--concurrency must be at least 1, got {concurrency}")
+        if page_size is not None and page_size < 1:
+            raise ConfigError(f"--page-size must be at least 1, got {page_size}")
+        try:
+            self.forced = Strategy(strategy) if strategy is not None else None
+        except ValueError as exc:
+            choices = ", ".join(s.value for s in Strategy)
+            raise ConfigError(f"--strategy {strategy!r} is not one of {choices}") from exc
+        if response_format not in ("json", "geojson"):
+            raise ConfigError(f"response format {response_format!r} is not json or geojson")
+        self.out_crs = parse_crs(out_sr) if out_sr is not None else None
+        self.spatial_filter = spatial_filter
+        self.concurrency = concurrency
+        self.requested_page_size = page_size
+        self.response_format = response_format
+        self._own_client = client is None
+        self.client = client or ArcGISClient(
+            auth=auth, timeout=timeout, retries=retries, backoff=backoff, pool_size=max(concurrency, 4) + 2
+        )
+        self.info: LayerInfo | None = None
+        self.schema: LayerSchema | None = None
+        self.stats = ExtractStats()
+        self._plan: Plan | None = None
+        self._probes: Probes | None = None
+        self._page_size = 0
+        self._lock = threading.Lock()
+        self._seen: set[int] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> "FeatureLayerExtractor":
+        try:
+            self.open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._own_client:
+            self.client.close()
+
+    def open(self) -> LayerSchema:
+        """Read the layer's metadata and build the output schema."""
+        try:
+            data = self.client.get(self.url)
+        except QueryError as exc:
+            raise NotALayerError(
+                f"{self.url} is not a layer the server knows ({exc}); check the service name and layer id"
+            ) from exc
+        info = parse_layer(self.url, data)
+        if not info.can_query:
+            raise ArcGISError(f"layer {self.url} does not allow Query (capabilities: {sorted(info.capabilities)})")
+        self.info = info
+        schema = info.schema
+        if self.fields is not None:
+            known = {f.name.lower(): f.name for f in schema.fields}
+            unknown = [f for f in self.fields if f.lower() not in known]
+            if unknown:
+                raise ConfigError(
+                    f"field(s) {', '.join(unknown)} not in layer {info.name!r}; available: "
+                    f"{', '.join(f.name for f in schema.attribute_fields)}"
+                )
+            wanted = {known[f.lower()] for f in self.fields}
+            if schema.oid_field is not None:
+                wanted.add(schema.oid_field)  # the OID is what makes exactly-once checkable
+            schema = schema.replace(fields=tuple(f for f in schema.fields if f.name in wanted))
+        if self.out_crs is not None:
+            schema = schema.replace(crs=self.out_crs)
+        self.schema = schema
+        self._page_size = paging.page_size_for(info, self.requested_page_size)
+        self.stats.page_size = self._page_size
+        return schema
+
+    # ------------------------------------------------------------------ query helpers
+
+    def _require_open(self) -> tuple[LayerInfo, LayerSchema]:
+        if self.info is None or self.schema is None:
+            raise RuntimeError("use the extractor as a context manager (or call open()) first")
+        return self.info, self.schema
+
+    def _filter_params(self) -> dict[str, Any]:
+        """Spatial filter (pushed down from a clip) as envelope query parameters."""
+        info, _ = self._require_open()
+        if self.spatial_filter is None:
+            return {}
+        bbox, crs = self.spatial_filter
+        layer_crs = info.schema.crs
+        if crs is not None and layer_crs is not None and not crs.equals(layer_crs):
+            t = ProjTransformer.from_crs(crs, layer_crs, always_xy=True)
+            bbox = t.transform_bounds(*bbox, densify_pts=21)
+            crs = layer_crs
+        params: dict[str, Any] = {
+            "geometry": {"xmin": bbox[0], "ymin": bbox[1], "xmax": bbox[2], "ymax": bbox[3]},
+            "geometryType": "esriGeometryEnvelope",
+            "spatialRel": "esriSpatialRelIntersects",
+        }
+        sr = info.spatial_reference if (crs is None or crs.equals(layer_crs)) else _sr_json(crs)
+        if sr:
+            params["inSR"] = sr
+        return params
+
+    def _base_params(self) -> dict[str, Any]:
+        info, schema = self._require_open()
+        out_fields = "*" if self.fields is None else ",".join(f.name for f in schema.attribute_fields)
+        params: dict[str, Any] = {
+            "where": self.where,
+            "outFields": out_fields,
+            "returnGeometry": info.has_geometry,
+        }
+        if info.has_geometry:
+            if info.schema.has_z:
+                params["returnZ"] = True
+            if self.out_crs is not None:
+                params["outSR"] = _sr_json(self.out_crs)
+        params.update(self._filter_params())
+        return params
+
+    def _query(self, extra: dict[str, Any], *, where: str | None = None) -> tuple[FeatureBatch, bool]:
+        """One feature page → (decoded batch, exceededTransferLimit)."""
+        info, schema = self._require_open()
+        params = self._base_params()
+        if where is not None:
+            params["where"] = where
+        params.update(extra)
+        params["f"] = self.response_format
+        data = self.client.post(info.url + "/query", params)
+        if self.response_format == "geojson":
+            feats = data.get("features") or []
+            batch = decode_geojson_features(feats, schema)
+            flag = bool((data.get("properties") or {}).get("exceededTransferLimit") or data.get("exceededTransferLimit"))
+        else:
+            if "features" not in data:
+                raise ArcGISError(f"{info.url}/query answered without a features list; is it a layer query endpoint?")
+            batch = decode_features(data["features"], schema)
+            flag = bool(data.get("exceededTransferLimit"))
+        with self._lock:
+            self.stats.pages += 1
+        return batch, flag
+
+    def _oids(self, batch: FeatureBatch) -> np.ndarray:
+        _, schema = self._require_open()
+        assert schema.oid_field is not None
+        col = batch.column(schema.oid_field)
+        if col.null_count:
+            raise PagingError(f"the server sent features without an {schema.oid_field} value; cannot check them")
+        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    def _observe_cap(self, rows: int) -> None:
+        """A page came back with fewer rows than asked while more remained: the real cap."""
+        if rows < 1:
+            return
+        with self._lock:
+            if rows < self._page_size:
+                log.info("server returned %d rows for a page of %d; using %d", rows, self._page_size, rows)
+                self.stats.notes.append(f"server capped pages at {rows} (asked {self._page_size})")
+                self._page_size = rows
+                self.stats.page_size = rows
+
+    def _halve(self, size: int, exc: Exception) -> None:
+        if size <= 1:
+            raise exc
+        with self._lock:
+            self._page_size = max(1, min(self._page_size, size // 2))
+            self.stats.page_size = self._page_size
+            self.stats.notes.append(f"page size halved to {self._page_size} after: {exc}")
+        log.warning("page of %d failed (%s); retrying with %d", size, exc, self._page_size)
+
+    # ------------------------------------------------------------------ probes and plan
+
+    def count(self) -> int:
+        info, _ = self._require_open()
+        params = self._base_params()
+        params.update({"returnCountOnly": True, "returnGeometry": False})
+        params.pop("outSR", None)
+        data = self.client.post(info.url + "/query", params)
+        value = data.get("count")
+        if value is None:
+            # Cook County IL answers a count request with a page of features (flag ignored).
+            raise PagingError(
+                f"{info.url} did not answer returnCountOnly with a count; completeness cannot be checked"
+            )
+        return int(value)
+
+    def _probe_ids(self) -> tuple[np.ndarray | None, str | None]:
+        info, _ = self._require_open()
+        params = self._base_params()
+        params.update({"returnIdsOnly": True, "returnGeometry": False})
+        params.pop("outSR", None)
+        try:
+            data = self.client.post(info.url + "/query", params)
+        except (ServiceError, TransientError) as exc:
+            return None, str(exc)
+        if "objectIds" not in data:
+            return None, "the answer held no objectIds (it held " + ", ".join(sorted(data)[:4]) + ")"
+        return paging.normalise_ids(data.get("objectIds") or []), None
+
+    def _probe_offset(self) -> bool | None:
+        info, schema = self._require_open()
+        if not info.supports_pagination or schema.oid_field is None:
+            return None
+        try:
+            p1, _ = self._query({"resultOffset": 0, "resultRecordCount": 2, "orderByFields": f"{schema.oid_field} ASC"})
+            p2, _ = self._query({"resultOffset": 1, "resultRecordCount": 2, "orderByFields": f"{schema.oid_field} ASC"})
+        except (ServiceError, TransientError):
+            return False
+        o1, o2 = self._oids(p1), self._oids(p2)
+        # Some servers ignore resultOffset (GDAL compares first OIDs of consecutive pages).
+        return len(o1) == 2 and len(o2) >= 1 and o2[0] == o1[1] and o1[0] < o1[1]
+
+    def _probe_range(self, count: int) -> tuple[int | None, int | None, int | None]:
+        info, schema = self._require_open()
+        oid = schema.oid_field
+        if oid is None or info.oid_is_hash:
+            return None, None, None
+        params = {
+            "where": self.where,
+            "returnGeometry": False,
+            "outStatistics": [
+                {"statisticType": "min", "onStatisticField": oid, "outStatisticFieldName": "AGS_ETL_MIN"},
+                {"statisticType": "max", "onStatisticField": oid, "outStatisticFieldName": "AGS_ETL_MAX"},
+            ],
+        }
+        try:
+            data = self.client.post(info.url + "/query", params)
+            attrs = (data.get("features") or [{}])[0].get("attributes") or {}
+        except (ServiceError, TransientError, IndexError):
+            return None, None, None  # Kent MI 10.22: statistics → 400 "Unable to complete operation."
+        lo = hi = None
+        for key, value in attrs.items():
+            # Tuolumne CA 10.11 names the columns "MIN(SHAPE.fid) AS THE_MIN": match loosely.
+            k = key.lower()
+            if value is None:
+                continue
+            if "min" in k and lo is None:
+                lo = int(value)
+            elif "max" in k and hi is None:
+                hi = int(value)
+        if lo is None or hi is None:
+            return None, None, None
+        params2 = self._base_params()
+        params2.update(
+            {
+                "where": paging.where_and(self.where, f"{oid} >= {lo} AND {oid} <= {hi}"),
+                "returnCountOnly": True,
+                "returnGeometry": False,
+            }
+        )
+        try:
+            in_range = int(self.client.post(info.url + "/query", params2).get("count", -1))
+        except (ServiceError, TransientError):
+            return None, None, None
+        return lo, hi, in_range
+
+    def probe(self) -> Probes:
+        """Run the cheap requests the planner needs (count, then what the ladder asks)."""
+        if self._probes is not None:
+            return self._probes
+        info, schema = self._require_open()
+        count = self.count()
+        probes = Probes(count=count)
+        forced = self.forced
+        if count > 0 and schema.oid_field is not None:
+            if forced in (None, Strategy.OID_LIST):
+                ids, problem = self._probe_ids()
+                probes = Probes(count=count, ids=ids, ids_problem=problem)
+            ids_ok = probes.ids is not None and len(probes.ids) == count
+            if forced is Strategy.OFFSET or (forced is None and not ids_ok):
+                probes = Probes(**{**probes.__dict__, "offset_works": self._probe_offset()})
+            if forced is Strategy.OID_RANGE or (forced is None and not ids_ok and not probes.offset_works):
+                lo, hi, rc = self._probe_range(count)
+                probes = Probes(**{**probes.__dict__, "oid_min": lo, "oid_max": hi, "range_count": rc})
+        self._probes = probes
+        return probes
+
+    def plan(self) -> Plan:
+        if self._plan is None:
+            info, _ = self._require_open()
+            probes = self.probe()
+            self._plan = paging.choose_strategy(info, probes, self._page_size, self.forced)
+            self.stats.strategy = self._plan.strategy.value
+            self.stats.expected = self._plan.count
+        return self._plan
+
+    # ------------------------------------------------------------------ strategies (run in worker threads)
+
+    def _run_id_chunk(self, ids: np.ndarray) -> FeatureBatch:
+        """All features of ``ids``: re-asks for ids a short page left out; halves on failures."""
+        pending = ids
+        parts: list[FeatureBatch] = []
+        stalled = 0
+        while len(pending):
+            size = min(len(pending), self._page_size)
+            sub, rest = pending[:size], pending[size:]
+            try:
+                batch, flag = self._query({"objectIds": ",".join(map(str, sub.tolist()))})
+            except TransientError as exc:
+                self._halve(size, exc)
+                continue
+            got = self._oids(batch)
+            keep = np.isin(got, sub) & paging.first_occurrence_mask(got)
+            if not keep.all():
+                with self._lock:
+                    self.stats.strays_dropped += int((~keep).sum())
+                batch = batch.filter(keep)
+                got = got[keep]
+            parts.append(batch)
+            missing = paging.missing_ids(sub, got)
+            if len(missing):
+                if len(got) == 0:
+                    stalled += 1
+                    if stalled >= MAX_STALLED_ROUNDS:
+                        log.warning("%d ids were not returned by the server; the count check will decide", len(missing))
+                        pending = rest
+                        continue
+                else:
+                    stalled = 0
+                    if flag or len(got) < len(sub):
+                        self._observe_cap(len(got))
+            pending = np.concatenate([missing, rest]) if len(missing) else rest
+        return self._concat(parts)
+
+    def _run_offset_page(self, page: tuple[int, int]) -> FeatureBatch:
+        """Rows [offset, offset+n) ordered by OID; a short page is followed up, not taken as the end."""
+        _, schema = self._require_open()
+        offset, n = page
+        pos, remaining = offset, n
+        parts: list[FeatureBatch] = []
+        while remaining > 0:
+            size = min(remaining, self._page_size)
+            try:
+                batch, flag = self._query(
+                    {"resultOffset": pos, "resultRecordCount": size, "orderByFields": f"{schema.oid_field} ASC"}
+                )
+            except TransientError as exc:
+                self._halve(size, exc)
+                continue
+            rows = len(batch)
+            if rows == 0:
+                break  # nothing at this offset: the completeness check decides
+            parts.append(batch)
+            pos += rows
+            remaining -= rows
+            if rows < size:
+                self._observe_cap(rows)
+        return self._concat(parts)
+
+    def _run_window(self, window: tuple[int, int]) -> FeatureBatch:
+        """Rows with OID in [a, b]; a window over the transfer limit is halved."""
+        _, schema = self._require_open()
+        oid = schema.oid_field
+        stack = [window]
+        parts: list[FeatureBatch] = []
+        while stack:
+            a, b = stack.pop()
+            try:
+                batch, flag = self._query({}, where=paging.where_and(self.where, f"{oid} >= {a} AND {oid} <= {b}"))
+            except TransientError as exc:
+                if a >= b:
+                    raise
+                log.warning("window %d..%d failed (%s); splitting", a, b, exc)
+                stack.extend(reversed(paging.split_window((a, b))))
+                continue
+            if flag:
+                stack.extend(reversed(paging.split_window((a, b))))
+                continue
+            got = self._oids(batch)
+            keep = (got >= a) & (got <= b) & paging.first_occurrence_mask(got)
+            parts.append(batch.filter(keep) if not keep.all() else batch)
+        return self._concat(parts)
+
+    def _run_box(self, task: tuple[BBox, int]) -> FeatureBatch:
+        """Rows intersecting a box; a box over the transfer limit is split in four, to a depth limit."""
+        info, _ = self._require_open()
+        sr = (info.extent or {}).get("spatialReference") or info.spatial_reference
+        stack = [task]
+        parts: list[FeatureBatch] = []
+        while stack:
+            box, depth = stack.pop()
+            geometry: dict[str, Any] = {"xmin": box[0], "ymin": box[1], "xmax": box[2], "ymax": box[3]}
+            extra: dict[str, Any] = {
+                "geometry": geometry,
+                "geometryType": "esriGeometryEnvelope",
+                "spatialRel": "esriSpatialRelIntersects",
+            }
+            if sr:
+                extra["inSR"] = sr
+            try:
+                batch, flag = self._query(extra)
+            except TransientError:
+                if depth >= paging.MAX_SPLIT_DEPTH:
+                    raise
+                flag, batch = True, None  # type: ignore[assignment]
+            if flag:
+                if depth >= paging.MAX_SPLIT_DEPTH:
+                    raise PagingError(
+                        f"spatial split of {info.url} reached depth {depth} with a box still over the "
+                        f"transfer limit; the layer has too many features at one place for this strategy"
+                    )
+                stack.extend((b, depth + 1) for b in paging.split_envelope(box))
+                continue
+            parts.append(batch)
+        return self._concat(parts)
+
+    def _concat(self, parts: list[FeatureBatch]) -> FeatureBatch:
+        _, schema = self._require_open()
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            return FeatureBatch.empty(schema.arrow_schema(), schema.crs, schema.geometry_type is not None)
+        return parts[0] if len(parts) == 1 else FeatureBatch.concat(parts)
+
+    def _dedupe_global(self, batch: FeatureBatch) -> FeatureBatch:
+        """Drop rows whose OID was already yielded (offset and spatial plans can overlap)."""
+        oids = self._oids(batch)
+        mask = paging.first_occurrence_mask(oids)
+        fresh = np.fromiter((int(o) not in self._seen for o in oids), dtype=bool, count=len(oids))
+        mask &= fresh
+        self._seen.update(int(o) for o in oids[mask])
+        dropped = int((~mask).sum())
+        if dropped:
+            self.stats.duplicates_dropped += dropped
+            return batch.filter(mask)
+        return batch
+
+    def _tasks(self, plan: Plan) -> tuple[Callable[[Any], FeatureBatch], Iterable[Any], bool]:
+        """(worker, tasks, needs global dedupe) for a plan."""
+        info, _ = self._require_open()
+        probes = self.probe()
+        if plan.strategy is Strategy.OID_LIST:
+            assert probes.ids is not None
+
+            def chunks() -> Iterator[np.ndarray]:
+                # Chunk size follows the page size, which shrinks when the server caps lower.
+                start = 0
+                ids = probes.ids
+                assert ids is not None
+                while start < len(ids):
+                    size = self._page_size
+                    yield ids[start : start + size]
+                    start += size
+
+            return self._run_id_chunk, chunks(), False
+        if plan.strategy is Strategy.OFFSET:
+            return self._run_offset_page, paging.offset_pages(plan.count, plan.page_size), True
+        if plan.strategy is Strategy.OID_RANGE:
+            assert probes.oid_min is not None and probes.oid_max is not None
+            return self._run_window, paging.oid_windows(probes.oid_min, probes.oid_max, plan.page_size), False
+        extent = info.extent or {}
+        box: BBox = (float(extent["xmin"]), float(extent["ymin"]), float(extent["xmax"]), float(extent["ymax"]))
+        return self._run_box, [(b, 1) for b in paging.split_envelope(box)], True
+
+    # ------------------------------------------------------------------ iteration
+
+    def __iter__(self) -> Iterator[FeatureBatch]:
+        info, schema = self._require_open()
+        plan = self.plan()
+        log.info("%s: %d features, strategy %s, page size %d", info.url, plan.count, plan.strategy.value, plan.page_size)
+        if plan.count > 0:
+            if schema.oid_field is None and plan.strategy is not Strategy.SPATIAL:
+                raise PagingError(f"layer {info.url} has no OID field; cannot page it")
+            worker, tasks, dedupe = self._tasks(plan)
+            for batch in ordered_map(worker, tasks, self.concurrency):
+                if dedupe:
+                    batch = self._dedupe_global(batch)
+                if len(batch) == 0:
+                    continue
+                self.stats.features += len(batch)
+                yield batch
+        self.stats.requests = self.client.requests_made
+        self.stats.retries = self.client.retries_made
+        self._check_complete(plan)
+
+    def _check_complete(self, plan: Plan) -> None:
+        info, _ = self._require_open()
+        got = self.stats.features
+        if got == plan.count:
+            return
+        recount = self.count()
+        changed = "" if recount == plan.count else f" (the count was {plan.count} at the start: the layer changed)"
+        raise IncompleteExtractError(
+            f"read {got} distinct features from {info.url} but the server counts {recount} for where "
+            f"{self.where!r}{changed}; nothing was written. Retry; if it repeats, try --strategy or a smaller "
+            f"--page-size, and report the server version ({info.current_version})",
+            expected=recount,
+            got=got,
+        )
+
+
+def _sr_json(crs: CRS) -> dict[str, Any]:
+    epsg = crs.to_epsg()
+    if epsg is not None:
+        return {"wkid": epsg}
+    auth = crs.to_authority()
+    if auth is not None and auth[0] == "ESRI":
+        return {"wkid": int(auth[1])}
+    return {"wkt": crs.to_wkt("WKT1_ESRI")}
+
+
+def arrow_oids(table: pa.Table, oid_field: str) -> np.ndarray:
+    """OID column as int64 numpy (helper for tests and loaders)."""
+    return np.asarray(table.column(oid_field).to_numpy(zero_copy_only=False), dtype=np.int64)

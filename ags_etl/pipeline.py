@@ -1,0 +1,128 @@
+"""Wire one extractor → transformers → one loader, with preflight checks and run statistics.
+
+Order of work in :meth:`Pipeline.run`:
+
+1. before any network call: the loader's target is checked (folder exists, no
+   overwrite without leave) — everything else was validated when the parts were built;
+2. layer metadata is read; each transformer is bound in order, giving the output
+   schema; when the loader needs a CRS (GeoJSON/KMZ: EPSG:4326) and the stream is
+   elsewhere, a reprojection is appended; the loader's capabilities are checked
+   against the final schema — all before the first page;
+3. a clip's bbox is pushed to the server as an envelope filter;
+4. pages stream through the transformers into the loader's temp output, which is
+   renamed onto the target only after the extractor's completeness check passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ags_etl.extractors.feature_layer import ExtractStats, FeatureLayerExtractor
+from ags_etl.loaders.base import LoadStats, Loader, check_target
+from ags_etl.schema import LayerSchema
+from ags_etl.transformers.base import Transformer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run did (returned by :meth:`Pipeline.run`)."""
+
+    extract: ExtractStats
+    load: LoadStats
+    schema: LayerSchema
+    seconds: float
+    transform_counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def features(self) -> int:
+        return self.load.features
+
+
+class Pipeline:
+    """One extractor, an ordered list of transformers, one loader."""
+
+    def __init__(
+        self,
+        extractor: FeatureLayerExtractor,
+        transformers: list[Transformer],
+        loader: Loader,
+        *,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> None:
+        self.extractor = extractor
+        self.transformers = list(transformers)
+        self.loader = loader
+        self.progress = progress
+
+    def _bind(self, schema: LayerSchema) -> LayerSchema:
+        from ags_etl.transformers.reproject import Reproject
+
+        for t in self.transformers:
+            schema = t.bind(schema)
+        required = self.loader.capabilities.required_crs
+        if (
+            required is not None
+            and schema.geometry_type is not None
+            and (schema.crs is None or not schema.crs.equals(required, ignore_axis_order=True))
+        ):
+            if schema.crs is None:
+                return schema  # loader.check explains that the CRS is unknown
+            log.info("%s needs %s: reprojecting from %s", self.loader.name, required.to_string(), schema.crs.name)
+            auto = Reproject(required)
+            schema = auto.bind(schema)
+            self.transformers.append(auto)
+        return schema
+
+    def _server_side(self) -> None:
+        """Hand a leading server-side reprojection to the extractor as outSR."""
+        from ags_etl.transformers.reproject import Reproject
+
+        if self.transformers and isinstance(self.transformers[0], Reproject) and self.transformers[0].server_side:
+            self.extractor.out_crs = self.transformers[0].target_crs
+
+    def run(self) -> RunResult:
+        start = time.monotonic()
+        check_target(self.loader.path, self.loader.overwrite)
+        self._server_side()
+        with self.extractor as ext:
+            assert ext.schema is not None
+            schema = self._bind(ext.schema)
+            self.loader.check(schema)
+            for t in self.transformers:
+                sf = t.spatial_filter()
+                if sf is not None:
+                    ext.spatial_filter = sf
+                    break
+                if not _keeps_geometry_position(t):
+                    break
+            plan = ext.plan()
+            done = 0
+            with self.loader.open(schema) as writer:
+                for batch in ext:
+                    for t in self.transformers:
+                        batch = t(batch)
+                    if len(batch):
+                        writer.write(batch)
+                    done += len(batch)
+                    if self.progress is not None:
+                        self.progress(done, plan.count)
+                load_stats = writer.stats
+        counters: dict[str, int] = {}
+        for t in self.transformers:
+            for k, v in t.close().items():
+                counters[k] = counters.get(k, 0) + v
+        return RunResult(ext.stats, load_stats, schema, time.monotonic() - start, counters)
+
+
+def _keeps_geometry_position(t: Transformer) -> bool:
+    """Transformers before a clip that do not move features (so its bbox still applies on the server)."""
+    from ags_etl.transformers.fields import Fields
+    from ags_etl.transformers.reproject import Reproject
+
+    return isinstance(t, (Fields, Reproject))
+
