@@ -93,7 +93,9 @@ def organize_rings(rings: Sequence[np.ndarray]) -> shapely.Geometry | None:
 
     areas = np.array([abs(_ring_signed_area(r)) for r in closed])
     order = np.argsort(-areas, kind="stable")  # larger rings first: a container precedes what it holds
-    ring_polys = shapely.polygons([closed[i] for i in order])
+    ordered = [closed[i] for i in order]
+    ring_index = np.repeat(np.arange(len(ordered)), [len(r) for r in ordered])
+    ring_polys = shapely.polygons(shapely.linearrings(np.vstack(ordered), indices=ring_index))
     shapely.prepare(ring_polys)
     bounds = shapely.bounds(ring_polys)
     parent = np.full(len(order), -1)
