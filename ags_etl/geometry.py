@@ -35,6 +35,7 @@ __all__ = [
     "transform_geometries",
     "esri_rings_to_polygon",
     "densified_box",
+    "drop_m",
 ]
 
 Family = Literal["point", "multipoint", "line", "polygon"]
@@ -373,3 +374,25 @@ def densified_box(bbox: Sequence[float], segments_per_edge: int = 64) -> shapely
     left = np.column_stack([np.full_like(t, xmin), ymax - (ymax - ymin) * t])
     ring = np.vstack([bottom, right, top, left, [[xmin, ymin]]])
     return shapely.Polygon(ring)
+
+
+def drop_m(geoms: np.ndarray) -> np.ndarray:
+    """The geometries without M values (X/Y/Z kept); a new array, input untouched.
+
+    Used where an overlay would keep M on some features and lose it on others (GEOS
+    overlays drop or NaN M ordinates), so a stream stays consistent.
+    """
+    geoms = as_geometry_array(geoms)
+    out = np.array(geoms, dtype=object, copy=True)
+    if not hasattr(shapely, "has_m"):
+        return out
+    measured = shapely.has_m(geoms)
+    for z in (False, True):
+        sel = np.flatnonzero(measured & (shapely.has_z(geoms) == z))
+        if len(sel) == 0:
+            continue
+        # Through ISO WKB: shapely 2.2's set_coordinates/force_3d garble ZM geometries
+        # (Z becomes NaN or 0), while the WKB writer drops M cleanly.
+        wkb = shapely.to_wkb(geoms[sel], flavor="iso", output_dimension=3 if z else 2)
+        out[sel] = shapely.from_wkb(wkb)
+    return out

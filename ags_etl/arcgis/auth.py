@@ -102,6 +102,8 @@ class UserPasswordAuth(Auth):
         self._expires_at = 0.0
         self._refresh_at = 0.0
         self._lock = threading.Lock()
+        #: How many tokens were fetched (1 + refreshes); for run reports and tests.
+        self.tokens_fetched = 0
 
     def __repr__(self) -> str:
         return f"UserPasswordAuth(username={self.username!r}, password=<redacted>)"
@@ -149,6 +151,7 @@ class UserPasswordAuth(Auth):
         expires_ms = answer.get("expires")
         expires_at = float(expires_ms) / 1000.0 if expires_ms is not None else now + self.expiration_minutes * 60
         lifetime = max(expires_at - now, 0.0)
+        self.tokens_fetched += 1
         self._token = str(token)
         self._expires_at = expires_at
         self._refresh_at = expires_at - min(300.0, lifetime / 10.0)

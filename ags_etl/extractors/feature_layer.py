@@ -490,8 +490,10 @@ class FeatureLayerExtractor:
             parts.append(batch)
             pos += rows
             remaining -= rows
-            if rows < size:
+            if rows < size and flag:
                 self._observe_cap(rows)
+            # A short page without the flag is followed up all the same: some servers
+            # (e.g. behind spatial-index filtering, 10.3+) send short pages mid-layer.
         return self._concat(parts)
 
     def _run_window(self, window: tuple[int, int]) -> FeatureBatch:

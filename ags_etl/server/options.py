@@ -1,0 +1,52 @@
+"""ServerOptions: every switch of ``ags-etl serve`` in one immutable value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """How the local FeatureServer behaves.
+
+    ``pagination=False`` imitates a 10.0-era layer (no resultOffset/resultRecordCount/
+    orderByFields; see query.py). ``fail_rate`` is the probability that a query
+    request fails, drawn from ``random.Random(seed)``. ``token_user``/``token_password``
+    turn token security on; ``token_ttl`` (seconds) caps every token's life.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_record_count: int = 1000
+    pagination: bool = True
+    latency_ms: int = 0
+    fail_rate: float = 0.0
+    seed: int | None = None
+    token_user: str | None = None
+    token_password: str | None = None
+    token_ttl: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_record_count < 1:
+            raise ValueError(f"max_record_count must be at least 1, got {self.max_record_count}")
+        if not 0.0 <= self.fail_rate <= 1.0:
+            raise ValueError(f"fail_rate must be between 0 and 1, got {self.fail_rate}")
+        if self.latency_ms < 0:
+            raise ValueError(f"latency_ms must be 0 or more, got {self.latency_ms}")
+        if (self.token_user is None) != (self.token_password is None):
+            raise ValueError("token auth needs both a user and a password")
+        if self.token_ttl is not None and self.token_ttl < 1:
+            raise ValueError(f"token_ttl must be at least 1 second, got {self.token_ttl}")
+
+    @property
+    def token_auth(self) -> bool:
+        return self.token_user is not None
+
+    @property
+    def current_version(self) -> float:
+        """10.81 (10.8.1) normally; 10.0 for the pagination-less server."""
+        return 10.81 if self.pagination else 10.0
+
+    @property
+    def full_version(self) -> str:
+        return "10.8.1" if self.pagination else "10.0"

@@ -1,0 +1,230 @@
+"""SQLite storage of one served layer, and a pool of guarded read connections.
+
+Layout of the file ``<dir>/<name>.sqlite``:
+
+* table ``features``: the OID field as ``INTEGER PRIMARY KEY`` (so paging in OID
+  order walks the table b-tree, one query per page), one column per attribute
+  field (dates as INTEGER epoch ms), ``__ags_wkb`` (ISO WKB) and
+  ``__ags_xmin/ymin/xmax/ymax`` (the feature's envelope, exact doubles);
+* virtual table ``features_rtree`` (SQLite R*Tree) over the envelopes: the index
+  of the envelope prefilter.
+
+Each HTTP request borrows a read connection from the pool
+(``check_same_thread=False``: a connection moves between threads but is used by
+one at a time). Read connections are opened read-only with ``query_only``, and
+an authorizer that allows only reads of ``features``/``features_rtree`` and a
+list of harmless functions — the guard behind user where clauses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+
+from ags_etl.schema import Field
+from ags_etl.server.sources import INTERNAL_PREFIX, SourceLayer
+from ags_etl.server.spatialref import SpatialRef
+
+TABLE = "features"
+RTREE = "features_rtree"
+WKB = f"{INTERNAL_PREFIX}_wkb"
+XMIN, YMIN, XMAX, YMAX = (f"{INTERNAL_PREFIX}_{c}" for c in ("xmin", "ymin", "xmax", "ymax"))
+#: SQL function testing a row's WKB against the request's filter geometry.
+HIT_FUNCTION = f"{INTERNAL_PREFIX}_hit"
+
+#: Functions a where clause (and our own SQL) may call; everything else is refused.
+ALLOWED_FUNCTIONS = frozenset(
+    {
+        "abs", "coalesce", "ifnull", "nullif", "iif", "instr", "length", "lower", "upper", "ltrim", "rtrim",
+        "trim", "replace", "round", "substr", "substring", "like", "glob", "min", "max", "count", "sum", "avg",
+        "total", "char", "unicode", "typeof", HIT_FUNCTION,
+    }
+)  # fmt: skip
+
+_SQL_TYPES = {
+    "esriFieldTypeOID": "INTEGER",
+    "esriFieldTypeSmallInteger": "INTEGER",
+    "esriFieldTypeInteger": "INTEGER",
+    "esriFieldTypeBigInteger": "INTEGER",
+    "esriFieldTypeDate": "INTEGER",
+    "esriFieldTypeSingle": "REAL",
+    "esriFieldTypeDouble": "REAL",
+}
+
+#: Longest string/blob a query may build (SQLite's default is 1e9): a where clause
+#: nesting replace() cannot eat the machine's memory.
+_MAX_VALUE_BYTES = 256 * 1024 * 1024
+
+
+def quote(name: str) -> str:
+    """A SQL identifier in double quotes."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class Reader:
+    """A pooled read connection; ``filter_geometry`` is what ``__ags_hit(wkb)`` tests against."""
+
+    conn: sqlite3.Connection
+    filter_geometry: shapely.Geometry | None = None
+
+    def hit(self, wkb: bytes | None) -> int:
+        if wkb is None or self.filter_geometry is None:
+            return 0
+        return 1 if self.filter_geometry.intersects(shapely.from_wkb(wkb)) else 0
+
+
+@dataclass
+class LayerStore:
+    """One served layer: metadata plus its SQLite file. Close it (or use ``with``) to free it.
+
+    Build with :meth:`create`. Thread-safe: requests borrow readers from the pool.
+    """
+
+    name: str
+    path: Path
+    fields: list[Field]
+    oid_field: str
+    geometry_type: str | None
+    spatial_ref: SpatialRef | None
+    has_z: bool
+    count: int
+    extent: tuple[float, float, float, float] | None
+    source_file: str
+    _pool: list[Reader] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    # ------------------------------------------------------------------ build
+
+    @classmethod
+    def create(cls, source: SourceLayer, directory: Path) -> "LayerStore":
+        """Write ``source`` into ``directory/<name>.sqlite`` and return the store."""
+        path = directory / f"{source.name}.sqlite"
+        geoms = source.geometry
+        n = source.count
+        if geoms is not None:
+            wkb = shapely.to_wkb(geoms, output_dimension=3 if source.has_z else 2, flavor="iso")
+            bounds = shapely.bounds(geoms)
+        else:
+            wkb = np.full(n, None, dtype=object)
+            bounds = np.full((n, 4), np.nan)
+        bounds_list = [[None if v != v else v for v in row] for row in bounds.tolist()]
+        attr_fields = source.fields[1:]
+        columns = [f"{quote(source.oid_field)} INTEGER PRIMARY KEY"]
+        columns += [f"{quote(f.name)} {_SQL_TYPES.get(f.esri_type, 'TEXT')}" for f in attr_fields]
+        columns += [f"{quote(WKB)} BLOB"] + [f"{quote(c)} REAL" for c in (XMIN, YMIN, XMAX, YMAX)]
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("PRAGMA journal_mode=OFF")
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.execute(f"CREATE TABLE {TABLE} ({', '.join(columns)})")
+            conn.execute(f"CREATE VIRTUAL TABLE {RTREE} USING rtree(id, minx, maxx, miny, maxy)")
+            marks = ", ".join("?" * (len(attr_fields) + 6))
+            rows = zip(source.oids.tolist(), *source.columns, wkb.tolist(), *zip(*bounds_list)) if n else iter(())
+            conn.executemany(f"INSERT INTO {TABLE} VALUES ({marks})", rows)
+            boxes = (
+                (oid, b[0], b[2], b[1], b[3])
+                for oid, b in zip(source.oids.tolist(), bounds_list)
+                if b[0] is not None
+            )
+            conn.executemany(f"INSERT INTO {RTREE} VALUES (?, ?, ?, ?, ?)", boxes)
+            conn.commit()
+        finally:
+            conn.close()
+        extent: tuple[float, float, float, float] | None = None
+        if geoms is not None:
+            present = ~np.isnan(bounds[:, 0])
+            if present.any():
+                b = bounds[present]
+                extent = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
+        return cls(
+            name=source.name,
+            path=path,
+            fields=source.fields,
+            oid_field=source.oid_field,
+            geometry_type=source.geometry_type,
+            spatial_ref=source.spatial_ref,
+            has_z=source.has_z,
+            count=n,
+            extent=extent,
+            source_file=source.path.name,
+        )
+
+    # ------------------------------------------------------------------ fields
+
+    def field_by_name(self, name: str) -> Field | None:
+        """Case-insensitive field lookup (ArcGIS field names are case-insensitive)."""
+        low = name.strip().lower()
+        for f in self.fields:
+            if f.name.lower() == low:
+                return f
+        return None
+
+    # ------------------------------------------------------------------ readers
+
+    def _open_reader(self) -> Reader:
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute("PRAGMA query_only=1")
+        conn.execute("PRAGMA mmap_size=268435456")
+        if hasattr(conn, "setlimit"):  # Python 3.11+
+            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _MAX_VALUE_BYTES)
+        # Let the R*Tree module prepare its shadow-table statements before the
+        # authorizer is set (they touch tables a where clause must never see).
+        conn.execute(f"SELECT count(*) FROM {RTREE} WHERE minx <= 0").fetchall()
+        reader = Reader(conn)
+        conn.create_function(HIT_FUNCTION, 1, reader.hit, deterministic=True)
+        conn.set_authorizer(_authorizer)
+        return reader
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Reader]:
+        """Borrow a read connection; its filter geometry is cleared on return."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"layer store {self.name!r} is closed")
+            reader = self._pool.pop() if self._pool else None
+        if reader is None:
+            reader = self._open_reader()
+        try:
+            yield reader
+        finally:
+            reader.filter_geometry = None
+            with self._lock:
+                if self._closed:
+                    reader.conn.close()
+                else:
+                    self._pool.append(reader)
+
+    def close(self) -> None:
+        """Close pooled connections (borrowed ones close on return). Idempotent."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, []
+        for reader in pool:
+            reader.conn.close()
+
+    def __enter__(self) -> "LayerStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _authorizer(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: str | None) -> int:
+    """SQLite authorizer of read connections: reads of the layer tables and listed functions only."""
+    if action == sqlite3.SQLITE_SELECT:
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_READ and arg1 in (TABLE, RTREE):
+        return sqlite3.SQLITE_OK
+    if action == sqlite3.SQLITE_FUNCTION and arg2 is not None and arg2.lower() in ALLOWED_FUNCTIONS:
+        return sqlite3.SQLITE_OK
+    return sqlite3.SQLITE_DENY
