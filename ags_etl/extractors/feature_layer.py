@@ -322,7 +322,16 @@ class FeatureLayerExtractor:
         params = self._base_params()
         params.update({"returnCountOnly": True, "returnGeometry": False})
         params.pop("outSR", None)
-        data = self.client.post(info.url + "/query", params)
+        try:
+            data = self.client.post(info.url + "/query", params)
+        except QueryError as exc:
+            # The count is the first query: a bad where clause or filter shows up here.
+            raise QueryError(
+                f"the server rejected the query with where clause {self.where!r}: {exc}; check field names "
+                f"(ags-etl inspect lists them) and quoting (strings in single quotes)",
+                code=exc.code,
+                details=exc.details,
+            ) from exc
         value = data.get("count")
         if value is None:
             # Cook County IL answers a count request with a page of features (flag ignored).
@@ -353,8 +362,9 @@ class FeatureLayerExtractor:
             p2, _ = self._query({"resultOffset": 1, "resultRecordCount": 2, "orderByFields": f"{schema.oid_field} ASC"})
         except (ServiceError, TransientError):
             return False
-        o1, o2 = self._oids(p1), self._oids(p2)
-        # Some servers ignore resultOffset (GDAL compares first OIDs of consecutive pages).
+        o1, o2 = np.sort(self._oids(p1)), np.sort(self._oids(p2))
+        # Some servers ignore resultOffset (GDAL compares first OIDs of consecutive pages):
+        # page [1, 3) must start where page [0, 2) ends. Rows within a page may come in any order.
         return len(o1) == 2 and len(o2) >= 1 and o2[0] == o1[1] and o1[0] < o1[1]
 
     def _probe_range(self, count: int) -> tuple[int | None, int | None, int | None]:
@@ -628,6 +638,8 @@ class FeatureLayerExtractor:
             return
         recount = self.count()
         changed = "" if recount == plan.count else f" (the count was {plan.count} at the start: the layer changed)"
+        if plan.strategy is Strategy.SPATIAL and got < recount:
+            changed += " (a spatial plan cannot see features without geometry or outside the layer's extent)"
         raise IncompleteExtractError(
             f"read {got} distinct features from {info.url} but the server counts {recount} for where "
             f"{self.where!r}{changed}; nothing was written. Retry; if it repeats, try --strategy or a smaller "
