@@ -13,6 +13,8 @@ real HTTP and rewrites answers the way broken servers in the wild do:
 * ``drop_flag``: cut pages do NOT set ``exceededTransferLimit`` (a silent short page —
   only a completeness check catches it);
 * ``ignore_offset``: ``resultOffset`` is removed before forwarding (10.0-era servers);
+* ``fail_above``: a query asking for more than this many rows (``objectIds`` or
+  ``resultRecordCount``) answers HTTP 200 + "Error performing query operation" (too much data);
 * ``count_extra``: ``returnCountOnly`` answers this many more than the layer holds
   (a count that disagrees with the pages: the run must fail loudly).
 """
@@ -39,6 +41,7 @@ class Misbehaviour:
     drop_flag: bool = False
     ignore_offset: bool = False
     count_extra: int = 0
+    fail_above: int | None = None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -62,6 +65,18 @@ class _Handler(BaseHTTPRequestHandler):
         path, params = self._params()
         if self.rules.ignore_offset:
             params.pop("resultOffset", None)
+        if self.rules.fail_above is not None and path.endswith("/query"):
+            asked = len(params["objectIds"].split(",")) if params.get("objectIds") else int(
+                params.get("resultRecordCount") or 0)
+            if asked > self.rules.fail_above:
+                body = orjson.dumps({"error": {"code": 500, "message": "Error performing query operation",
+                                               "details": []}})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
         headers = {k: v for k, v in self.headers.items() if k.lower() == "x-esri-authorization"}
         resp = requests.post(self.upstream + path, data=params, headers=headers, timeout=60)
         body = resp.content

@@ -182,6 +182,16 @@ def test_misbehaving_server_still_exactly_once(server: str, rules: Misbehaviour,
     assert_same_as_source(rows, total, "polygons", N_POLYGONS)
 
 
+@pytest.mark.parametrize("strategy", [None, "offset"])
+def test_page_size_halved_on_error_performing_query(server: str, strategy: str | None) -> None:
+    with misbehaving_proxy(server, Misbehaviour(advertise=100, fail_above=2)) as proxy:
+        ext = FeatureLayerExtractor(layer_url(proxy, "polygons"), strategy=strategy, retries=1, backoff=0.01)
+        rows, total = collect(ext)
+    assert ext.stats.page_size <= 2
+    assert any("halved" in note for note in ext.stats.notes)
+    assert_same_as_source(rows, total, "polygons", N_POLYGONS)
+
+
 def test_server_ignoring_offset_is_detected(server: str) -> None:
     with misbehaving_proxy(server, Misbehaviour(ignore_offset=True)) as proxy:
         with pytest.raises(ConfigError, match="ignores resultOffset"):

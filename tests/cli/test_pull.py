@@ -1,0 +1,202 @@
+"""`ags-etl pull` and `ags-etl inspect` as a user runs them: a real process, real servers on
+127.0.0.1, outputs read back with GDAL (pyogrio)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyogrio
+import pytest
+import shapely
+
+from ags_etl.server.testing import run_server
+from tests.layers import expected_rows, write_layer
+from tests.misbehaving_proxy import Misbehaviour, misbehaving_proxy
+
+N = 90
+
+
+def ags(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from ags_etl.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli-layers")
+    write_layer(d / "polygons.geojson", "polygons", N)
+    write_layer(d / "points.geojson", "points", N)
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(data_dir: Path) -> Iterator[str]:
+    with run_server(data_dir, "--max-record-count", "7") as base:
+        yield base
+
+
+def url(base: str, name: str) -> str:
+    return f"{base}/arcgis/rest/services/{name}/FeatureServer/0"
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("ags-etl: error: ")
+    return lines[0]
+
+
+def test_pull_geojson_matches_source(server: str, tmp_path: Path) -> None:
+    out = tmp_path / "polygons.geojson"
+    proc = ags("pull", url(server, "polygons"), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {N} features" in proc.stderr
+    doc = json.loads(out.read_text())
+    assert "crs" not in doc
+    df = pyogrio.read_dataframe(out)
+    expected = expected_rows("polygons", N)
+    assert sorted(df["OBJECTID"]) == sorted(expected)
+    for oid, name, geom in zip(df["OBJECTID"], df["NAME"], df.geometry.values):
+        exp = expected[int(oid)]
+        assert (None if name is None or name != name else name) == exp["NAME"]
+        if exp["geometry"] is None:
+            assert geom is None
+        else:
+            assert shapely.normalize(geom).equals_exact(shapely.normalize(exp["geometry"]), 1e-7)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp leftovers"
+
+
+def test_inspect_shows_plan(server: str) -> None:
+    proc = ags("inspect", url(server, "points"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["count"] == N and report["strategy"] == "oid-list" and report["objectIdField"] == "OBJECTID"
+    assert report["maxRecordCount"] == 7
+    text = ags("inspect", url(server, "points"))
+    assert "strategy: oid-list" in text.stdout
+
+
+def test_bad_where_clause(server: str, tmp_path: Path) -> None:
+    out = tmp_path / "x.geojson"
+    proc = ags("pull", url(server, "points"), "-o", str(out), "--where", "NOPE = 'x'")
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert "NOPE = 'x'" in line and "check field names" in line
+    assert not out.exists()
+
+
+def test_unreachable_host(tmp_path: Path) -> None:
+    out = tmp_path / "x.geojson"
+    proc = ags("pull", "http://127.0.0.1:9/arcgis/rest/services/x/FeatureServer/0", "-o", str(out),
+               "--retries", "0")
+    assert proc.returncode == 1
+    assert "could not reach http://127.0.0.1:9/" in one_error_line(proc)
+    assert not out.exists()
+
+
+def test_not_a_layer(server: str, tmp_path: Path) -> None:
+    proc = ags("pull", f"{server}/arcgis/rest/services/points/FeatureServer", "-o", str(tmp_path / "x.geojson"))
+    assert proc.returncode == 1
+    assert "not a layer" in one_error_line(proc)
+
+
+def test_wrong_password_is_not_echoed(data_dir: Path, tmp_path: Path) -> None:
+    with run_server(data_dir, "--token-auth", "ags:s3cret-pw") as base:
+        proc = ags("pull", url(base, "points"), "-o", str(tmp_path / "x.geojson"),
+                   env={"AGS_ETL_USERNAME": "ags", "AGS_ETL_PASSWORD": "WrongPassw0rd"})
+        assert proc.returncode == 1
+        line = one_error_line(proc)
+        assert "WrongPassw0rd" not in proc.stderr + proc.stdout
+        assert "password" in line
+        ok = ags("pull", url(base, "points"), "-o", str(tmp_path / "ok.geojson"), "-v",
+                 env={"AGS_ETL_USERNAME": "ags", "AGS_ETL_PASSWORD": "s3cret-pw"})
+        assert ok.returncode == 0, ok.stderr
+        assert "s3cret-pw" not in ok.stderr + ok.stdout
+
+
+def test_missing_folder_and_existing_output(server: str, tmp_path: Path) -> None:
+    proc = ags("pull", url(server, "points"), "-o", str(tmp_path / "nope" / "x.geojson"))
+    assert proc.returncode == 2
+    assert "does not exist" in one_error_line(proc)
+    existing = tmp_path / "x.geojson"
+    existing.write_text("earlier output")
+    proc = ags("pull", url(server, "points"), "-o", str(existing))
+    assert proc.returncode == 2
+    assert "--overwrite" in one_error_line(proc)
+    assert existing.read_text() == "earlier output"
+
+
+def test_failed_run_keeps_earlier_output(server: str, tmp_path: Path) -> None:
+    existing = tmp_path / "x.geojson"
+    existing.write_text("earlier output")
+    with misbehaving_proxy(server, Misbehaviour(count_extra=2)) as proxy:
+        proc = ags("pull", url(proxy, "points"), "-o", str(existing), "--overwrite")
+    assert proc.returncode == 1
+    line = one_error_line(proc)
+    assert f"read {N} distinct features" in line and f"counts {N + 2}" in line
+    assert existing.read_text() == "earlier output"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.geojson"]
+
+
+def test_killed_run_leaves_no_output(data_dir: Path, tmp_path: Path) -> None:
+    existing = tmp_path / "x.geojson"
+    existing.write_text("earlier output")
+    with run_server(data_dir, "--max-record-count", "3", "--latency-ms", "100") as base:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from ags_etl.cli import main; main()", "pull", url(base, "points"),
+             "-o", str(existing), "--overwrite", "--concurrency", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        time.sleep(2.0)
+        assert proc.poll() is None, "the pull should still be running"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert existing.read_text() == "earlier output"
+    fresh = tmp_path / "fresh.geojson"
+    with run_server(data_dir, "--max-record-count", "3", "--latency-ms", "100") as base:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from ags_etl.cli import main; main()", "pull", url(base, "points"),
+             "-o", str(fresh), "--concurrency", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert not fresh.exists()
+
+
+def test_interrupted_run_cleans_up(data_dir: Path, tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.geojson"
+    with run_server(data_dir, "--max-record-count", "3", "--latency-ms", "100") as base:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from ags_etl.cli import main; main()", "pull", url(base, "points"),
+             "-o", str(fresh), "--concurrency", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert not fresh.exists()
+    assert list(tmp_path.iterdir()) == [], "the temp file is removed on Ctrl-C"
+
+
+def test_given_token_never_printed_even_in_debug_logs(data_dir: Path, tmp_path: Path) -> None:
+    with run_server(data_dir, "--token-auth", "ags:s3cret-pw") as base:
+        proc = ags("-vv", "pull", url(base, "points"), "-o", str(tmp_path / "x.geojson"),
+                   "--token", "TOKEN-VALUE-123")
+    assert proc.returncode == 1
+    assert "TOKEN-VALUE-123" not in proc.stderr + proc.stdout
+    assert "error 498" in proc.stderr
