@@ -28,7 +28,7 @@ from pyproj.exceptions import CRSError
 
 from ags_etl.errors import ConfigError
 
-__all__ = ["CRSLike", "parse_crs", "crs_from_spatial_reference", "describe_crs"]
+__all__ = ["CRSLike", "crs_from_spatial_reference", "describe_crs", "parse_crs"]
 
 #: What :func:`parse_crs` accepts.
 CRSLike = str | int | dict[str, Any] | CRS
@@ -46,6 +46,12 @@ _SR_KEYS = ("latestWkid", "wkid", "wkt", "latestWkt")
 def _shorten(value: object, limit: int = 160) -> str:
     """repr() of a value cut to ``limit`` characters (WKT can be kilobytes long)."""
     text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "…" + text[-4:]
+
+
+def _reason(exc: Exception, limit: int = 200) -> str:
+    """An exception's text cut to ``limit`` characters (PROJ repeats the whole input)."""
+    text = str(exc)
     return text if len(text) <= limit else text[: limit - 5] + "…" + text[-4:]
 
 
@@ -110,7 +116,7 @@ def crs_from_spatial_reference(sr: dict[str, Any] | None, *, strict: bool = Fals
         try:
             return _from_code(code)
         except CRSError as exc:
-            failures.append(f"{key}={code} is neither an EPSG nor an ESRI code ({exc})")
+            failures.append(f"{key}={code} is neither an EPSG nor an ESRI code ({_reason(exc)})")
     for key in ("wkt", "latestWkt"):
         raw = sr.get(key)
         if raw is None:
@@ -121,7 +127,7 @@ def crs_from_spatial_reference(sr: dict[str, Any] | None, *, strict: bool = Fals
         try:
             return CRS.from_wkt(raw)
         except CRSError as exc:
-            failures.append(f"{key}={_shorten(raw)} is not valid WKT ({exc})")
+            failures.append(f"{key}={_shorten(raw)} is not valid WKT ({_reason(exc)})")
     if failures and strict:
         raise ConfigError(f"spatialReference {_shorten(sr)} names no known CRS: {'; '.join(failures)}; {_FIX}")
     return None
@@ -153,14 +159,14 @@ def parse_crs(value: CRSLike) -> CRS:
             try:
                 data = json.loads(text)
             except ValueError as exc:
-                raise ConfigError(f"CRS {_shorten(value)} looks like JSON but does not parse ({exc}); {_FIX}") from exc
+                raise ConfigError(f"CRS {_shorten(value)} looks like JSON but does not parse ({_reason(exc)}); {_FIX}") from exc
             if not isinstance(data, dict):
                 raise ConfigError(f"CRS {_shorten(value)} is JSON but not an object; {_FIX}")
             return _parse_dict(data)
         try:
             return CRS.from_user_input(text)
         except CRSError as exc:
-            raise ConfigError(f"CRS {_shorten(value)} is not recognised ({exc}); {_FIX}") from exc
+            raise ConfigError(f"CRS {_shorten(value)} is not recognised ({_reason(exc)}); {_FIX}") from exc
     raise ConfigError(f"CRS {_shorten(value)} has type {type(value).__name__}, which names no CRS; {_FIX}")
 
 
@@ -175,5 +181,5 @@ def _parse_dict(value: dict[str, Any]) -> CRS:
         return CRS.from_json_dict(value)
     except CRSError as exc:
         raise ConfigError(
-            f"CRS {_shorten(value)} is neither an Esri spatialReference nor PROJJSON ({exc}); {_FIX}"
+            f"CRS {_shorten(value)} is neither an Esri spatialReference nor PROJJSON ({_reason(exc)}); {_FIX}"
         ) from exc

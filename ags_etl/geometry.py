@@ -10,7 +10,6 @@ are copied before any element is replaced.
   types stay consistent after an overlay.
 * :func:`transform_geometries` — coordinates through a :class:`pyproj.Transformer`,
   Z kept when present, M kept when present, non-finite results reported per feature.
-* :func:`esri_rings_to_polygon` — an Esri JSON ``rings`` array to a shapely polygon.
 * :func:`densified_box` — a bbox as a polygon with extra vertices along its edges, so
   that it keeps its shape when transformed into another CRS.
 """
@@ -26,16 +25,15 @@ import shapely
 from pyproj import Transformer
 
 __all__ = [
-    "Family",
-    "FAMILY_TYPES",
     "ESRI_FAMILY",
-    "family_of",
-    "coerce_to_family",
+    "FAMILY_TYPES",
+    "Family",
     "as_geometry_array",
-    "transform_geometries",
-    "esri_rings_to_polygon",
+    "coerce_to_family",
     "densified_box",
     "drop_m",
+    "family_of",
+    "transform_geometries",
 ]
 
 Family = Literal["point", "multipoint", "line", "polygon"]
@@ -95,15 +93,13 @@ def family_of(geometry_type: str | None, geojson_types: Sequence[str] = ()) -> s
     return None
 
 
-def as_geometry_array(values: object) -> np.ndarray:
+def as_geometry_array(values: shapely.Geometry | np.ndarray | Sequence[shapely.Geometry | None]) -> np.ndarray:
     """A 1-D object array of geometries/None from an array, a list or a single geometry."""
     if isinstance(values, np.ndarray) and values.dtype == object and values.ndim == 1:
         return values
-    arr = np.empty(1 if isinstance(values, shapely.Geometry) else len(values), dtype=object)  # type: ignore[arg-type]
-    if isinstance(values, shapely.Geometry):
-        arr[0] = values
-    else:
-        arr[:] = list(values)  # type: ignore[call-overload]
+    items = [values] if isinstance(values, shapely.Geometry) else list(values)
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = items
     return arr
 
 
@@ -239,7 +235,11 @@ def transform_geometries(geoms: np.ndarray, transformer: Transformer) -> tuple[n
         bad_rows = _bad_rows(coords, new, coords.shape[1])
         if bad_rows.any():
             bad[sel[np.unique(index[bad_rows])]] = True
-        result[sel] = shapely.set_coordinates(np.array(sub, dtype=object, copy=True), new)
+        if len(coords) == len(sub) and (shapely.get_type_id(sub) == _POINT).all():
+            # all non-empty Points: building new points is ~1.6x faster than set_coordinates
+            result[sel] = shapely.points(new)
+        else:
+            result[sel] = shapely.set_coordinates(np.array(sub, dtype=object, copy=True), new)
     m_sel = np.flatnonzero(present & has_m)
     if len(m_sel):
         result[m_sel], m_bad = _transform_measured(geoms[m_sel], transformer)
@@ -312,56 +312,7 @@ def _rewrite_wkb(buf: bytearray, pos: int, coords: np.ndarray, ci: int) -> tuple
     raise ValueError(f"unsupported WKB geometry type code {code}")
 
 
-# --- Esri JSON polygons, boxes ------------------------------------------------
-
-
-def esri_rings_to_polygon(rings: Sequence[Sequence[Sequence[float]]]) -> shapely.Geometry:
-    """A Polygon or MultiPolygon from an Esri JSON ``rings`` array.
-
-    Esri rings are one flat list: exteriors run clockwise, holes counter-clockwise, and
-    nothing ties a hole to its exterior. Each hole goes to the smallest exterior that
-    contains it; a counter-clockwise ring inside no exterior is taken as an exterior
-    (servers do send wrongly wound rings). Rings with fewer than 4 points are skipped.
-    The result is made valid. Raises ValueError when no ring is usable.
-    """
-    shells: list[shapely.Polygon] = []
-    holes: list[shapely.Polygon] = []
-    for ring in rings:
-        coords = np.asarray(ring, dtype=np.float64)
-        if coords.ndim != 2 or coords.shape[0] < 3 or coords.shape[1] < 2:
-            continue
-        coords = coords[:, :2]
-        if not np.array_equal(coords[0], coords[-1]):
-            coords = np.vstack([coords, coords[:1]])
-        if coords.shape[0] < 4:
-            continue
-        poly = shapely.Polygon(coords)
-        # shapely: a counter-clockwise exterior is_ccw; Esri exteriors are clockwise.
-        (holes if shapely.is_ccw(poly.exterior) else shells).append(poly)
-    shell_holes: list[list[np.ndarray]] = [[] for _ in shells]
-    orphans: list[shapely.Polygon] = []
-    areas = [s.area for s in shells]
-    for hole in holes:
-        point = hole.representative_point()
-        owners = [i for i, s in enumerate(shells) if s.contains(point)]
-        if owners:
-            best = min(owners, key=lambda i: areas[i])
-            shell_holes[best].append(np.asarray(hole.exterior.coords))
-        else:
-            orphans.append(shapely.Polygon(np.asarray(hole.exterior.coords)[::-1]))
-    polygons = [
-        shapely.Polygon(np.asarray(s.exterior.coords), hs) for s, hs in zip(shells, shell_holes)
-    ] + orphans
-    if not polygons:
-        raise ValueError("no ring with at least 3 distinct points")
-    geom = polygons[0] if len(polygons) == 1 else shapely.MultiPolygon(polygons)
-    if not geom.is_valid:
-        geom = shapely.make_valid(geom)
-        polys = coerce_to_family(as_geometry_array(geom), "polygon")[0]
-        if polys is None:
-            raise ValueError("the rings enclose no area")
-        geom = polys
-    return geom
+# --- boxes -------------------------------------------------------------------
 
 
 def densified_box(bbox: Sequence[float], segments_per_edge: int = 64) -> shapely.Polygon:

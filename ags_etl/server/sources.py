@@ -59,10 +59,10 @@ INTERNAL_PREFIX = "__ags"
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
-#: shapely type id → Esri geometry family.
+#: shapely type id → Esri geometry family (Point and MultiPoint share one: see _geometry_type).
 _FAMILY = {
     0: "esriGeometryPoint",
-    4: "esriGeometryMultipoint",
+    4: "esriGeometryPoint",
     1: "esriGeometryPolyline",
     5: "esriGeometryPolyline",
     3: "esriGeometryPolygon",
@@ -355,7 +355,7 @@ def _python_values(values: list[Any], kind: str) -> list[Any]:
     if kind == "time":
         return [None if v is None else str(v) for v in values]
     if kind == "str":
-        return [None if v is None or isinstance(v, str) else str(v) for v in values]
+        return [v if v is None or isinstance(v, str) else str(v) for v in values]
     return values
 
 
@@ -457,6 +457,8 @@ def _geometry_type(path: Path, geoms: np.ndarray) -> tuple[str | None, np.ndarra
         )
     family = families.pop()
     assert family is not None
+    if 4 in present:
+        family = "esriGeometryMultipoint"
     if family == "esriGeometryMultipoint" and 0 in present:
         geoms = geoms.copy()
         for i in np.flatnonzero(type_ids == 0):

@@ -41,16 +41,16 @@ import shapely
 from pyproj import CRS
 from shapely.errors import GEOSException
 
+from ags_etl.arcgis.esrijson import decode_geometry
 from ags_etl.batch import FeatureBatch
 from ags_etl.crs import CRSLike, crs_from_spatial_reference, describe_crs, parse_crs
-from ags_etl.errors import ConfigError, TransformError
+from ags_etl.errors import ConfigError, GeometryError, TransformError
 from ags_etl.geometry import (
     FAMILY_TYPES,
     as_geometry_array,
     coerce_to_family,
     densified_box,
     drop_m,
-    esri_rings_to_polygon,
     family_of,
     transform_geometries,
 )
@@ -82,7 +82,7 @@ def parse_bbox(value: object) -> BBox:
     items: Sequence[object]
     if isinstance(value, str):
         items = [p.strip() for p in value.split(",")]
-    elif isinstance(value, Sequence) or isinstance(value, np.ndarray):
+    elif isinstance(value, (Sequence, np.ndarray)):
         items = list(value)
     else:
         raise ConfigError(f"clip bbox {value!r} is not a list of 4 numbers; {_BBOX_FIX}")
@@ -143,22 +143,16 @@ def _geojson_crs(obj: dict[str, Any], what: str) -> CRS | None:
 def _mask_from_dict(obj: dict[str, Any]) -> tuple[shapely.Geometry, CRS | None]:
     """Inline GeoJSON geometry/Feature/FeatureCollection or Esri JSON polygon/envelope."""
     what = "(inline)"
-    if "curveRings" in obj:
-        raise ConfigError(
-            "clip mask (inline Esri JSON) has curveRings, which are not supported; "
-            "give it with straight segments (query with returnTrueCurves=false)"
-        )
-    if "rings" in obj:
+    if "rings" in obj or "curveRings" in obj or all(k in obj for k in ("xmin", "ymin", "xmax", "ymax")):
         crs = crs_from_spatial_reference(obj.get("spatialReference"), strict=True)
         try:
-            geom = esri_rings_to_polygon(obj["rings"])
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"clip mask (inline Esri JSON) has unusable rings ({exc}); give polygon rings") from exc
-        return _polygonal(geom, what), crs
-    if all(k in obj for k in ("xmin", "ymin", "xmax", "ymax")):
-        crs = crs_from_spatial_reference(obj.get("spatialReference"), strict=True)
-        bbox = parse_bbox([obj["xmin"], obj["ymin"], obj["xmax"], obj["ymax"]])
-        return shapely.box(*bbox), crs
+            geom = decode_geometry(obj, "esriGeometryPolygon")
+        except (GeometryError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"clip mask (inline Esri JSON) cannot be decoded ({exc}); give a polygon "
+                "{'rings': [[[x, y], ...]], 'spatialReference': {'wkid': ...}} or an envelope"
+            ) from exc
+        return _polygonal(geom, "(inline Esri JSON)"), crs
     kind = obj.get("type")
     crs = _geojson_crs(obj, what)
     try:
@@ -306,13 +300,14 @@ class Clip(BaseTransformer):
         self._strip_m = False
         self._oid_field: str | None = None
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._dropped = 0
         self._dropped_null = 0
 
     # --- construction helpers ------------------------------------------------
 
     @classmethod
-    def from_cli(cls, clip: str | None, clip_file: str | None, clip_crs: str | None) -> "Clip | None":
+    def from_cli(cls, clip: str | None, clip_file: str | None, clip_crs: str | None) -> Clip | None:
         """The Clip for ``pull --clip xmin,ymin,xmax,ymax | --clip-file PATH [--clip-crs CRS]``.
 
         Returns None when neither option is given. Raises ConfigError when both are, or
@@ -365,20 +360,45 @@ class Clip(BaseTransformer):
                 assert given is not None and stream_crs is not None
                 area = self._transform_area(area, given, stream_crs)
             self._rect, self._mask = None, area
-            shapely.prepare(self._mask)
-        self._area_crs = given if given is not None else stream_crs
+        self._local = threading.local()  # per-thread prepared copies of the mask
+        self._area_crs = stream_crs
         self._strip_m = schema.has_m
         return schema.replace(geometry_types_override=FAMILY_TYPES[family], has_m=False)
 
-    def spatial_filter(self) -> tuple[BBox, CRS] | None:
-        """The bbox of the area in the CRS it was given in (the stream's by default).
+    @property
+    def area(self) -> shapely.Geometry:
+        """The area features are clipped to, in the stream's CRS (after :meth:`bind`):
+        a box, or the mask (transformed and densified when it came in another CRS)."""
+        if self._rect is not None:
+            return shapely.box(*self._rect)
+        if self._mask is None:
+            raise RuntimeError("Clip.area is known only after bind(schema)")
+        return self._mask
 
-        None while that CRS is unknown (before :meth:`bind`, or a layer of unknown CRS).
+    def spatial_filter(self) -> tuple[BBox, CRS] | None:
+        """A bbox outside which every feature is dropped, and its CRS.
+
+        After :meth:`bind`: the bounds of :attr:`area` in the stream's CRS. When the
+        area came in another CRS these are the bounds of the densified, transformed
+        area, so they cover it entirely — the plain bbox of the mask in its own CRS would
+        not, once a server moved only its corners into the layer's CRS. Before
+        :meth:`bind`: the bbox of the area in the CRS it was given in, if that is known.
+        None when no CRS is known (a layer of unknown CRS, before bind, no crs given).
+
+        Whoever pushes the filter to a server in a CRS other than this one should
+        transform it densified (``pyproj.Transformer.transform_bounds``), not by corners.
         """
-        crs = self._given_crs if self._given_crs is not None else self._area_crs
-        if crs is None:
+        if self._family is None:  # not bound
+            if self._given_crs is None:
+                return None
+            return self._given_bounds, self._given_crs
+        if self._area_crs is None:
             return None
-        return self._given_bounds, crs
+        if self._rect is not None:
+            return self._rect, self._area_crs
+        assert self._mask is not None
+        b = shapely.bounds(self._mask)
+        return (float(b[0]), float(b[1]), float(b[2]), float(b[3])), self._area_crs
 
     def __call__(self, batch: FeatureBatch) -> FeatureBatch:
         """The batch with border features cut and features left empty dropped."""
@@ -453,14 +473,29 @@ class Clip(BaseTransformer):
                 cut[invalid] = shapely.make_valid(cut[invalid])
         else:
             # Lines and multipoints: clip_by_rect drops parts lying on the rectangle's
-            # edge (GEOS 3.12–3.14), intersection keeps them; border features are few.
+            # edge (seen with GEOS 3.14.1 / shapely 2.2), intersection keeps them; border
+            # features are few.
             cut = self._intersection(sub, shapely.box(xmin, ymin, xmax, ymax), batch, border)
         out[border] = coerce_to_family(cut, self._family)  # type: ignore[arg-type]
         return out
 
+    def _prepared_mask(self) -> shapely.Geometry:
+        """This thread's prepared copy of the mask.
+
+        GEOS prepared geometries build their indexes lazily and are not thread-safe
+        (libgeos/geos#825), and shapely releases the GIL in
+        predicates; so each worker thread prepares its own copy.
+        """
+        mask = getattr(self._local, "mask", None)
+        if mask is None:
+            assert self._mask is not None
+            mask = shapely.from_wkb(shapely.to_wkb(self._mask))
+            shapely.prepare(mask)
+            self._local.mask = mask
+        return mask
+
     def _clip_mask(self, geoms: np.ndarray, present: np.ndarray, batch: FeatureBatch) -> np.ndarray:
-        mask = self._mask
-        assert mask is not None
+        mask = self._prepared_mask()
         out = np.full(len(geoms), None, dtype=object)
         mxmin, mymin, mxmax, mymax = shapely.bounds(mask)
         b = shapely.bounds(geoms)
@@ -470,8 +505,8 @@ class Clip(BaseTransformer):
         if len(cand) == 0:
             return out
         sub = geoms[cand]
-        if self._family == "point":
-            xy = shapely.get_coordinates(sub)  # one coordinate per non-empty point
+        if self._family == "point" and (shapely.get_type_id(sub) == 0).all():
+            xy = shapely.get_coordinates(sub)  # one coordinate per (non-empty) Point
             hit = shapely.intersects_xy(mask, xy[:, 0], xy[:, 1])
             out[cand[hit]] = sub[hit]
             return out

@@ -120,7 +120,7 @@ def test_wrong_password_is_not_echoed(data_dir: Path, tmp_path: Path) -> None:
         line = one_error_line(proc)
         assert "WrongPassw0rd" not in proc.stderr + proc.stdout
         assert "password" in line
-        ok = ags("pull", url(base, "points"), "-o", str(tmp_path / "ok.geojson"), "-v",
+        ok = ags("-vv", "pull", url(base, "points"), "-o", str(tmp_path / "ok.geojson"),
                  env={"AGS_ETL_USERNAME": "ags", "AGS_ETL_PASSWORD": "s3cret-pw"})
         assert ok.returncode == 0, ok.stderr
         assert "s3cret-pw" not in ok.stderr + ok.stdout

@@ -151,7 +151,8 @@ def test_bbox_in_another_crs_is_densified_and_transformed(kind: str) -> None:
     assert shapely.get_num_coordinates(area) > 64
     corners = to_crs(shapely.points([(bbox[0], bbox[1]), (bbox[2], bbox[3])]), LONLAT, MERC)
     assert shapely.distance(area.exterior, corners).max() < 1e-6
-    assert clip.spatial_filter() == (bbox, LONLAT)
+    # the server filter: the box as moved into the stream's CRS, edges and all
+    assert clip.spatial_filter() == (tuple(shapely.bounds(area)), MERC)
 
 
 def test_point_at_origin_and_on_the_boundary_kept() -> None:
@@ -298,10 +299,17 @@ def test_mask_sources_each_in_own_crs(source: str, stream_crs: CRS, kind: str, t
     assert shapely.distance(clip.area.boundary, vertices).max() < 1e-7 * size
     assert shapely.hausdorff_distance(clip.area, independent) < 1e-3 * size
     assert len(clip.area.interiors) == 1  # the hole survived
+    # Before bind the filter is the mask's bbox in its own CRS; after, the bbox of the
+    # area in the stream's CRS, which covers every feature that can survive the clip.
+    unbound = Clip(**kwargs).spatial_filter()
+    assert unbound is not None
+    assert unbound[1].equals(mask_crs, ignore_axis_order=True)
+    np.testing.assert_allclose(unbound[0], shapely.bounds(to_crs(MASK_LONLAT, LONLAT, mask_crs)), rtol=1e-9)
     bounds, crs = clip.spatial_filter()  # type: ignore[misc]
-    assert crs.equals(mask_crs, ignore_axis_order=True)
-    want_bounds = shapely.bounds(to_crs(MASK_LONLAT, LONLAT, mask_crs))
-    np.testing.assert_allclose(bounds, want_bounds, rtol=1e-9)
+    assert crs == stream_crs
+    assert bounds == tuple(shapely.bounds(clip.area))
+    res = clip(b)
+    assert shapely.covered_by(res.geometry, shapely.box(*bounds)).all()
 
 
 def test_clip_before_and_after_reproject_keep_the_same_features(tmp_path: Path) -> None:
@@ -380,6 +388,7 @@ def test_from_cli_mask_file(tmp_path: Path) -> None:
     assert clip is not None
     bounds, crs = clip.spatial_filter()  # type: ignore[misc]
     assert crs.equals(LONLAT, ignore_axis_order=True)
+    assert bounds == tuple(shapely.bounds(MASK_LONLAT))
 
 
 @pytest.mark.parametrize(
@@ -450,3 +459,23 @@ def test_unknown_stream_crs_with_plain_bbox_works() -> None:
     clip.bind(schema)
     assert clip.spatial_filter() is None  # nothing to tell the server in which CRS
     assert len(clip(batch(schema, geoms(["POINT (1 1)", "POINT (11 1)"])))) == 1
+
+
+def test_concurrent_batches_match_sequential_and_counters_add_up() -> None:
+    """Pipelines may run a transformer on several batches at once in worker threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    schema, b = stream("esriGeometryPolygon", LONLAT, seed=9)
+    parts = [b.take(np.arange(i, len(b), 8)) for i in range(8)]
+    seq = Clip(mask=MASK_LONLAT)
+    seq.bind(schema)
+    want = [seq(p) for p in parts]
+    conc = Clip(mask=MASK_LONLAT)
+    conc.bind(schema)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(conc, parts * 4))
+    for i, res in enumerate(got):
+        ref = want[i % 8]
+        assert res.column("OBJECTID").equals(ref.column("OBJECTID"))
+        assert list(shapely.to_wkb(res.geometry)) == list(shapely.to_wkb(ref.geometry))
+    assert conc.close()["clip_dropped"] == 4 * seq.close()["clip_dropped"]

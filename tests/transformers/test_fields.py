@@ -22,7 +22,7 @@ USE_DOMAIN = {
 STATUS_DOMAIN = {"type": "codedValue", "name": "Status", "codedValues": [{"name": "Active", "code": "A"}, {"name": "Retired", "code": "R"}]}
 RANGE_DOMAIN = {"type": "range", "name": "Height", "range": [0, 100]}
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def schema() -> LayerSchema:
@@ -110,6 +110,7 @@ def test_rename_moves_the_oid_field_and_keeps_aliases() -> None:
 def test_rename_to_swap_names_is_allowed() -> None:
     out_schema, out = run(Fields(rename={"STATUS": "AREA_TXT", "AREA_TXT": "STATUS"}, select=["STATUS", "AREA_TXT"]))
     assert out.column_names == ["AREA_TXT", "STATUS"]
+    assert [f.length for f in out_schema.fields] == [1, 20]  # field definitions travel with the values
     assert out.column("AREA_TXT").to_pylist() == ["A", "R", "A", None]
 
 

@@ -7,7 +7,13 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from ags_etl.geometry import coerce_to_family, densified_box, drop_m, family_of, transform_geometries
+from ags_etl.geometry import (
+    coerce_to_family,
+    densified_box,
+    drop_m,
+    family_of,
+    transform_geometries,
+)
 
 from .helpers import geoms
 

@@ -1,0 +1,74 @@
+"""``ags-etl serve DIR``: the data files of DIR as a local ArcGIS FeatureServer.
+
+Prints one line on stdout once it listens (``--port 0`` picks a free port; the
+line tells which) and serves until Ctrl-C or SIGTERM, then exits 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ags_etl.cli._common import handle_errors
+from ags_etl.errors import ConfigError
+
+
+def _token_auth(value: str | None) -> tuple[str | None, str | None]:
+    if value is None:
+        return None, None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise ConfigError("--token-auth must be USER:PASSWORD with both parts non-empty")
+    return user, password
+
+
+@click.command("serve")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless you say otherwise).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port; 0 picks a free one.")
+@click.option("--max-record-count", type=click.IntRange(min=1), default=1000, show_default=True, help="Page cap.")
+@click.option("--no-pagination", is_flag=True, help="Act as a 10.0-era layer: no resultOffset/resultRecordCount/orderByFields.")
+@click.option("--latency-ms", type=click.IntRange(min=0), default=0, show_default=True, help="Sleep per request.")
+@click.option("--fail-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="Share of query requests that fail.")
+@click.option("--seed", type=int, default=None, help="Seed of the failure draws (same seed, same failures).")
+@click.option("--token-auth", metavar="USER:PASSWORD", default=None, help="Require tokens from /arcgis/tokens/generateToken.")
+@click.option("--token-ttl", type=click.IntRange(min=1), default=None, help="Token lifetime cap in seconds.")
+@handle_errors
+def serve_cmd(
+    directory: Path,
+    host: str,
+    port: int,
+    max_record_count: int,
+    no_pagination: bool,
+    latency_ms: int,
+    fail_rate: float,
+    seed: int | None,
+    token_auth: str | None,
+    token_ttl: int | None,
+) -> None:
+    """Serve each .geojson/.json/.shp/.parquet file of DIRECTORY as a FeatureServer layer."""
+    from ags_etl.server.app import serve
+    from ags_etl.server.options import ServerOptions
+
+    user, password = _token_auth(token_auth)
+    if token_ttl is not None and user is None:
+        raise ConfigError("--token-ttl needs --token-auth USER:PASSWORD")
+    options = ServerOptions(
+        host=host,
+        port=port,
+        max_record_count=max_record_count,
+        pagination=not no_pagination,
+        latency_ms=latency_ms,
+        fail_rate=fail_rate,
+        seed=seed,
+        token_user=user,
+        token_password=password,
+        token_ttl=token_ttl,
+    )
+
+    def ready(base_url: str, layers: int) -> None:
+        click.echo(f"ags-etl serve: listening on {base_url}/arcgis/rest/services ({layers} layers)")
+        click.get_text_stream("stdout").flush()
+
+    serve(directory, options, ready)

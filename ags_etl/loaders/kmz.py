@@ -1,0 +1,488 @@
+"""KMZ (and plain KML 2.2) loader: a streaming writer built on Arrow string kernels.
+
+Why not simplekml (the library on the design card): version 1.3.6 does not escape
+``ExtendedData`` values (a ``&`` or ``<`` gives broken KML), writes numeric ``id``
+attributes that fail ``ogckml22.xsd``, holds about 6.7 KB per point in memory and
+writes 3–11k features/s. See ``docs/decisions/kml-writer.md`` for the measurements.
+
+What is written (``http://www.opengis.net/kml/2.2`` as the default namespace — LIBKML
+reads no layer from a document that uses a prefix):
+
+* a KMZ is a zip whose first (and only) entry is ``doc.kml``, deflated at
+  ``compresslevel`` (default 1: on polygons level 6 costs ~10× the deflate time for
+  a few percent of size). A target ending in ``.kml`` gets the plain document;
+* ``<Document>`` with ``<name>`` (the layer name) and one ``<Style>`` per geometry
+  family: ``point`` (icon), ``line`` (colour, width), ``polygon`` (outline and a
+  half-transparent fill). Geometry collections use the polygon style;
+* one ``<Placemark id="f{OID}">`` per feature (``xs:ID`` values must not start with a
+  digit). Without an OID field, or for a null OID, the id is ``row{n}`` with ``n`` the
+  1-based row number in the output;
+* ``<name>``: the ``name_field`` option, by default the first ``esriFieldTypeString``
+  field, else the OID; omitted when the value is null;
+* ``<ExtendedData>`` holds ``<Data name="FIELD"><value>…</value></Data>`` for every
+  attribute. **A null (or NaN/±Infinity) value is omitted** rather than written as an
+  empty ``<value/>``, so readers can tell null from the empty string. Dates are ISO
+  8601 UTC (``1965-03-01T00:00:00Z``), date-only values ``YYYY-MM-DD``, booleans
+  ``true``/``false``;
+* text is XML-escaped (``&``, ``<``, ``>``; ``\\r`` as ``&#13;`` so it survives
+  end-of-line normalisation). Characters XML 1.0 cannot carry at all (C0 controls other
+  than tab/newline/CR, U+FFFE, U+FFFF) are replaced by U+FFFD and counted in a warning;
+* geometry: ``<Point>``, ``<LineString>``, ``<Polygon>`` with ``<outerBoundaryIs>`` and
+  one ``<innerBoundaryIs>`` per hole (right-hand rule: exterior counter-clockwise),
+  multi-part geometries and collections as ``<MultiGeometry>`` (collections flattened).
+  Coordinates are ``lon,lat[,z]`` with ``precision`` decimals (default 7, fixed
+  notation). Z is written when the geometry has it; no ``<altitudeMode>`` is written, so
+  viewers clamp to ground (KML's default);
+* missing or empty geometries give a Placemark without geometry (legal KML; the
+  feature count is kept). A *table* (schema without geometry) is refused with a
+  CapabilityError: a KMZ of placemarks without locations is of no use in the viewers
+  KMZ is made for; write GeoJSON or GeoParquet instead.
+
+Every feature string is assembled with vectorised Arrow kernels (cast, pad, join, take,
+replace) over a whole batch; the finished batch is written from the Arrow data buffer,
+so no Python work happens per coordinate and memory stays at one batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import zipfile
+from collections.abc import Iterator
+from typing import IO, Any, ClassVar
+from xml.sax.saxutils import escape, quoteattr
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import shapely
+
+from ags_etl.batch import FeatureBatch
+from ags_etl.errors import CapabilityError, ConfigError, LoadError
+from ags_etl.loaders.base import WGS84, Loader, LoaderCapabilities, LoadStats, atomic_file
+from ags_etl.loaders.geojson import (
+    check_batch_crs,
+    iso_timestamps,
+    orient_right_hand,
+    reject_unknown_options,
+    validate_precision,
+)
+from ags_etl.schema import LayerSchema
+
+__all__ = ["KMZLoader", "KMLWriter", "KML_NS", "kml_geometries", "xml_text"]
+
+KML_NS = "http://www.opengis.net/kml/2.2"
+_L = pa.large_string()  # int64 offsets: one batch of big polygons may pass 2 GiB of text
+#: zip entries above this size need ZIP64, which not every KMZ reader supports.
+_ZIP_ENTRY_LIMIT = zipfile.ZIP64_LIMIT
+_WRITE_BUFFER = 1 << 20
+#: Characters XML 1.0 cannot carry, not even as character references (RE2 syntax).
+_NOT_XML_RE2 = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x{FFFE}\x{FFFF}]"
+_NOT_XML_PY = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+_STYLES = (
+    '<Style id="point"><IconStyle><color>ff00aaff</color><scale>1.1</scale>'
+    "<Icon><href>http://maps.google.com/mapfiles/kml/shapes/placemark_circle.png</href></Icon>"
+    "</IconStyle></Style>\n"
+    '<Style id="line"><LineStyle><color>ff0000ff</color><width>2</width></LineStyle></Style>\n'
+    '<Style id="polygon"><LineStyle><color>ff7f3f00</color><width>1</width></LineStyle>'
+    "<PolyStyle><color>7fff7f00</color><fill>1</fill><outline>1</outline></PolyStyle></Style>\n"
+)
+#: shapely type id + 1 (0 = no geometry) → styleUrl element.
+_STYLE_BY_TYPE = pa.array(
+    [
+        "",
+        "<styleUrl>#point</styleUrl>",  # Point
+        "<styleUrl>#line</styleUrl>",  # LineString
+        "<styleUrl>#line</styleUrl>",  # LinearRing
+        "<styleUrl>#polygon</styleUrl>",  # Polygon
+        "<styleUrl>#point</styleUrl>",  # MultiPoint
+        "<styleUrl>#line</styleUrl>",  # MultiLineString
+        "<styleUrl>#polygon</styleUrl>",  # MultiPolygon
+        "<styleUrl>#polygon</styleUrl>",  # GeometryCollection
+    ],
+    _L,
+)
+#: shapely type id (0 Point, 1 LineString, 2 LinearRing) → element around a coordinate list.
+_OPEN_BY_TYPE = pa.array(["<Point><coordinates>", "<LineString><coordinates>", "<LineString><coordinates>"], _L)
+_CLOSE_BY_TYPE = pa.array(["</coordinates></Point>", "</coordinates></LineString>", "</coordinates></LineString>"], _L)
+
+
+def _s(text: str) -> pa.Scalar:
+    return pa.scalar(text, _L)
+
+
+def _join(*parts: pa.Array | pa.Scalar) -> pa.Array:
+    """Element-wise concatenation (null if any part is null)."""
+    return pc.binary_join_element_wise(*parts, _s(""))
+
+
+def _offsets(counts: np.ndarray) -> pa.Array:
+    return pa.array(np.concatenate(([0], np.cumsum(counts, dtype=np.int64))), pa.int64())
+
+
+def _join_lists(counts: np.ndarray, values: pa.Array, sep: str) -> pa.Array:
+    """Join consecutive runs of ``values`` (run lengths ``counts``) with ``sep``."""
+    return pc.binary_join(pa.LargeListArray.from_arrays(_offsets(counts), values), _s(sep))
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _sanitise(text: str) -> tuple[str, int]:
+    clean, count = _NOT_XML_PY.subn("\ufffd", text)
+    return clean, count
+
+
+def xml_text(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, int]:
+    """XML-escaped large_string text of a string column and how many values needed repair.
+
+    Escapes ``&``, ``<``, ``>`` and ``\\r`` (as ``&#13;``); replaces characters XML 1.0
+    cannot hold with U+FFFD. Nulls stay null.
+    """
+    text = column.cast(_L)
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    bad = int(pc.sum(pc.match_substring_regex(text, _NOT_XML_RE2)).as_py() or 0)
+    if bad:
+        text = pc.replace_substring_regex(text, _NOT_XML_RE2, "\ufffd")
+    text = pc.replace_substring(text, "&", "&amp;")
+    text = pc.replace_substring(text, "<", "&lt;")
+    text = pc.replace_substring(text, ">", "&gt;")
+    text = pc.replace_substring(text, "\r", "&#13;")
+    return text, bad
+
+
+def _value_text(name: str, column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Attribute values as strings for ``<value>``; NaN/±Infinity become null."""
+    dtype = column.type
+    if pa.types.is_dictionary(dtype):
+        column = column.cast(dtype.value_type)
+        dtype = column.type
+    if pa.types.is_timestamp(dtype):
+        return iso_timestamps(column)
+    if pa.types.is_floating(dtype):
+        column = pc.if_else(pc.is_finite(column), column, pa.scalar(None, dtype))
+    try:
+        return column.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise CapabilityError(
+            f"kmz: attribute {name!r} has Arrow type {dtype}, which has no text form; "
+            f"drop the field with a fields transform"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _fixed_text(values: np.ndarray, precision: int) -> pa.Array:
+    """``'%.{precision}f' % v`` for every value, with integer arithmetic and Arrow casts."""
+    scale = 10**precision
+    scaled = np.rint(values * scale)
+    if len(scaled) and not (np.isfinite(scaled).all() and np.abs(scaled).max() < 2.0**62):
+        # Huge Z values (or non-finite ones) do not fit the int64 route.
+        return pa.array([f"{v:.{precision}f}" for v in values.tolist()], _L)
+    fixed = scaled.astype(np.int64)
+    magnitude = np.abs(fixed)
+    text = pa.array(magnitude // scale).cast(_L)
+    if precision:
+        fraction = pc.utf8_lpad(pa.array(magnitude % scale).cast(_L), width=precision, padding="0")
+        text = pc.binary_join_element_wise(text, fraction, _s("."))
+    negative = fixed < 0
+    if negative.any():
+        text = pc.if_else(pa.array(negative), _join(_s("-"), text), text)
+    return text
+
+
+def _coordinate_text(coords: np.ndarray, precision: int) -> pa.Array:
+    """``lon,lat`` or ``lon,lat,z`` per row of ``coords`` (z NaN → 2 values)."""
+    x = _fixed_text(coords[:, 0], precision)
+    y = _fixed_text(coords[:, 1], precision)
+    xy = pc.binary_join_element_wise(x, y, _s(","))
+    if coords.shape[1] < 3:
+        return xy
+    z = coords[:, 2]
+    no_z = np.isnan(z)
+    xyz = pc.binary_join_element_wise(xy, _fixed_text(np.where(no_z, 0.0, z), precision), _s(","))
+    return pc.if_else(pa.array(no_z), xy, xyz) if no_z.any() else xyz
+
+
+def _flatten_collection(geom: shapely.Geometry) -> shapely.Geometry:
+    """A GeometryCollection of the single-part leaves of ``geom`` (nested collections/multis opened)."""
+    leaves: list[shapely.Geometry] = []
+    stack = [geom]
+    while stack:
+        g = stack.pop()
+        if shapely.get_type_id(g) >= 4:
+            stack.extend(reversed(list(shapely.get_parts(g))))
+        elif not g.is_empty:
+            leaves.append(g)
+    return shapely.GeometryCollection(leaves)
+
+
+def kml_geometries(geoms: np.ndarray, precision: int = 7) -> tuple[pa.Array, np.ndarray]:
+    """KML geometry elements for a batch and the shapely type id of each row (-1: none).
+
+    Returns a large_string array aligned with ``geoms`` (``""`` for missing or empty
+    geometries) and the type ids used to pick a style. See the module docstring.
+    """
+    n = len(geoms)
+    type_ids = shapely.get_type_id(geoms)
+    present = (type_ids >= 0) & ~shapely.is_empty(geoms)
+    type_ids = np.where(present, type_ids, -1)
+    rows = np.flatnonzero(present)
+    if not len(rows):
+        return pa.array([""] * n, _L), type_ids
+    sub = geoms[rows]
+    sub_types = type_ids[rows]
+    if np.isin(sub_types, (3, 6, 7)).any():
+        sub = orient_right_hand(sub)
+    for k in np.flatnonzero(sub_types == 7).tolist():
+        sub[k] = _flatten_collection(sub[k])
+
+    parts, part_row = shapely.get_parts(sub, return_index=True)  # single types: the geometry itself
+    keep = ~shapely.is_empty(parts)
+    parts, part_row = parts[keep], part_row[keep]
+    part_types = shapely.get_type_id(parts)
+    poly_pos = np.flatnonzero(part_types == 3)
+    other_pos = np.flatnonzero(part_types != 3)
+    rings, ring_poly = shapely.get_rings(parts[poly_pos], return_index=True)
+    sequences = np.concatenate([parts[other_pos], rings])
+    include_z = bool(shapely.has_z(sequences).any())
+    coords, seq_of = shapely.get_coordinates(sequences, include_z=include_z, return_index=True)
+    seq_text = _join_lists(
+        np.bincount(seq_of, minlength=len(sequences)), _coordinate_text(coords, precision), " "
+    )
+
+    other_types = pa.array(part_types[other_pos])
+    other_xml = _join(
+        pc.take(_OPEN_BY_TYPE, other_types), seq_text.slice(0, len(other_pos)), pc.take(_CLOSE_BY_TYPE, other_types)
+    )
+    ring_text = seq_text.slice(len(other_pos))
+    ring_counts = np.bincount(ring_poly, minlength=len(poly_pos))
+    outer = np.zeros(len(rings), dtype=bool)
+    outer[np.concatenate(([0], np.cumsum(ring_counts)[:-1]))[ring_counts > 0]] = True
+    ring_xml = pc.if_else(
+        pa.array(outer),
+        _join(_s("<outerBoundaryIs><LinearRing><coordinates>"), ring_text, _s("</coordinates></LinearRing></outerBoundaryIs>")),
+        _join(_s("<innerBoundaryIs><LinearRing><coordinates>"), ring_text, _s("</coordinates></LinearRing></innerBoundaryIs>")),
+    )
+    poly_xml = _join(_s("<Polygon>"), _join_lists(ring_counts, ring_xml, ""), _s("</Polygon>"))
+
+    order = np.concatenate([other_pos, poly_pos])
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.arange(len(order))
+    part_xml = pc.take(pa.concat_arrays([other_xml, poly_xml]), pa.array(inverse))
+    body = _join_lists(np.bincount(part_row, minlength=len(rows)), part_xml, "")
+    multi = sub_types >= 4
+    if multi.any():
+        body = pc.if_else(pa.array(multi), _join(_s("<MultiGeometry>"), body, _s("</MultiGeometry>")), body)
+
+    where = np.full(n, -1, dtype=np.int64)
+    where[rows] = np.arange(len(rows))
+    full = pc.take(body, pa.array(where, mask=where < 0)).fill_null(_s(""))
+    return full, type_ids
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def _write_text(fh: IO[bytes], text: pa.Array) -> int:
+    """Write the concatenation of a null-free string array straight from its data buffer."""
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    if len(text) == 0:
+        return 0
+    _, offsets_buf, data = text.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64 if pa.types.is_large_string(text.type) else np.int32)
+    start, end = int(offsets[text.offset]), int(offsets[text.offset + len(text)])
+    fh.write(memoryview(data)[start:end])
+    return end - start
+
+
+class KMLWriter:
+    """Writes batches as Placemarks into an open ``doc.kml`` stream (see :class:`KMZLoader`)."""
+
+    def __init__(
+        self,
+        fh: IO[bytes],
+        schema: LayerSchema,
+        *,
+        precision: int,
+        name_field: str | None,
+        size_limit: int | None,
+        written: int = 0,
+    ) -> None:
+        self._fh = fh
+        self._oid_field = schema.oid_field
+        self._name_field = name_field
+        self._precision = precision
+        self._size_limit = size_limit
+        self._written = written
+        self._repaired = 0
+        self._data_open: dict[str, str] = {}
+        self.stats = LoadStats()
+
+    def _data_prefix(self, field: str) -> str:
+        prefix = self._data_open.get(field)
+        if prefix is None:
+            clean, bad = _sanitise(field)
+            self._repaired += bad
+            prefix = self._data_open[field] = f"<Data name={quoteattr(clean)}><value>"
+        return prefix
+
+    def _placemarks(self, batch: FeatureBatch) -> pa.Array:
+        n = len(batch)
+        row_numbers = pa.array(np.arange(self.stats.features + 1, self.stats.features + n + 1)).cast(_L)
+        row_ids = _join(_s("row"), row_numbers)
+        if self._oid_field is not None and self._oid_field in batch.column_names:
+            oid_text = batch.column(self._oid_field).cast(_L).combine_chunks()
+            ids = pc.if_else(pc.is_null(oid_text), row_ids, _join(_s("f"), oid_text.fill_null(_s(""))))
+        else:
+            ids = row_ids
+
+        if self._name_field is not None and self._name_field in batch.column_names:
+            name_text, bad = xml_text(_value_text(self._name_field, batch.column(self._name_field)))
+            self._repaired += bad
+            names = _join(_s("<name>"), name_text, _s("</name>")).fill_null(_s(""))
+        else:
+            names = _s("")
+
+        data_elements = []
+        for field in batch.column_names:
+            text, bad = xml_text(_value_text(field, batch.column(field)))
+            self._repaired += bad
+            data_elements.append(_join(_s(self._data_prefix(field)), text, _s("</value></Data>")).fill_null(_s("")))
+        if data_elements:
+            body = _join(*data_elements) if len(data_elements) > 1 else data_elements[0]
+            extended = pc.if_else(
+                pc.equal(body, _s("")), _s(""), _join(_s("<ExtendedData>"), body, _s("</ExtendedData>"))
+            )
+        else:
+            extended = _s("")
+
+        if batch.geometry is None:
+            geometry, type_ids = _s(""), np.full(n, -1)
+        else:
+            geometry, type_ids = kml_geometries(batch.geometry, self._precision)
+        styles = pc.take(_STYLE_BY_TYPE, pa.array(type_ids + 1))
+        return _join(_s('<Placemark id="'), ids, _s('">'), names, styles, extended, geometry, _s("</Placemark>\n"))
+
+    def write(self, batch: FeatureBatch) -> None:
+        """Append the batch as Placemarks. Raises CapabilityError for a batch not in EPSG:4326."""
+        check_batch_crs("kmz", batch)
+        if len(batch) == 0:
+            return
+        text = self._placemarks(batch)
+        if self._size_limit is not None:
+            size = pc.sum(pc.binary_length(text)).as_py() or 0
+            if self._written + size > self._size_limit:
+                raise LoadError(
+                    f"kmz: doc.kml would pass {self._size_limit:,} bytes after {self.stats.features:,} features; "
+                    f"a larger zip entry needs ZIP64, which many KMZ readers cannot open. Write a plain .kml, "
+                    f"GeoJSON or GeoParquet, or filter the layer (where/bbox)"
+                )
+        self._written += _write_text(self._fh, text)
+        self.stats.features += len(batch)
+
+    def finish(self) -> None:
+        """Record the repair warning (if any); called before the footer is written."""
+        if self._repaired:
+            self.stats.warnings.append(
+                f"kmz: {self._repaired} value(s) held characters XML 1.0 cannot carry (control characters, "
+                f"U+FFFE/U+FFFF); they were replaced by U+FFFD"
+            )
+
+
+class KMZLoader(Loader):
+    """KMZ (``.kmz``, zipped ``doc.kml``) or plain KML (``.kml``) in EPSG:4326.
+
+    Options: ``name_field`` (field for ``<name>``; default the first string field,
+    else the OID), ``precision`` (decimals, 0–15, default 7), ``compresslevel``
+    (0–9, default 1; 0 stores the entry uncompressed).
+    """
+
+    name: ClassVar[str] = "kmz"
+    capabilities: ClassVar[LoaderCapabilities] = LoaderCapabilities(
+        extensions=(".kmz", ".kml"), required_crs=WGS84, supports_tables=False
+    )
+    _options: ClassVar[tuple[str, ...]] = ("name_field", "precision", "compresslevel")
+
+    def __init__(self, path: Any, *, overwrite: bool = False, **options: Any) -> None:
+        super().__init__(path, overwrite=overwrite, **options)
+        reject_unknown_options(self.name, options, self._options)
+        self.precision = validate_precision(self.name, options.get("precision", 7))
+        level = options.get("compresslevel", 1)
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
+            raise ConfigError(
+                f"kmz: option compresslevel={level!r} must be a whole number from 0 (store) to 9; "
+                f"1 is fast, 6 is zip's usual default"
+            )
+        self.compresslevel = level
+        name_field = options.get("name_field")
+        if name_field is not None and not isinstance(name_field, str):
+            raise ConfigError(f"kmz: option name_field={name_field!r} must be a field name (text)")
+        self.name_field: str | None = name_field
+
+    def resolve_name_field(self, schema: LayerSchema) -> str | None:
+        """The field whose value becomes each Placemark's ``<name>`` (ConfigError if unknown)."""
+        names = [f.name for f in schema.attribute_fields]
+        if self.name_field is not None:
+            if self.name_field not in names:
+                raise ConfigError(
+                    f"kmz: name_field {self.name_field!r} is not a field of layer {schema.name!r}; "
+                    f"use one of {', '.join(names) if names else '(no fields)'}"
+                )
+            return self.name_field
+        for f in schema.attribute_fields:
+            if f.esri_type == "esriFieldTypeString":
+                return f.name
+        return schema.oid_field
+
+    def check(self, schema: LayerSchema) -> None:
+        """Base checks (target, CRS, tables refused) plus the ``name_field`` option."""
+        super().check(schema)
+        self.resolve_name_field(schema)
+
+    def _header(self, schema: LayerSchema) -> bytes:
+        name, _ = _sanitise(schema.name)
+        return (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<kml xmlns="{KML_NS}">\n<Document>\n'
+            f"<name>{escape(name)}</name>\n{_STYLES}"
+        ).encode("utf-8")
+
+    @contextlib.contextmanager
+    def open(self, schema: LayerSchema) -> Iterator[KMLWriter]:
+        """Stream ``doc.kml`` into a temp file beside the target; rename on success, delete on error."""
+        self.check(schema)
+        name_field = self.resolve_name_field(schema)
+        plain = self.path.suffix.lower() == ".kml"
+        header = self._header(schema)
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_file(self.path, self.overwrite))
+            fh: IO[bytes]
+            if plain:
+                fh = stack.enter_context(tmp.open("wb", buffering=_WRITE_BUFFER))
+            else:
+                zf = stack.enter_context(
+                    zipfile.ZipFile(
+                        tmp,
+                        "w",
+                        compression=zipfile.ZIP_DEFLATED if self.compresslevel else zipfile.ZIP_STORED,
+                        compresslevel=self.compresslevel or None,
+                    )
+                )
+                fh = stack.enter_context(zf.open("doc.kml", "w"))
+            fh.write(header)
+            writer = KMLWriter(
+                fh,
+                schema,
+                precision=self.precision,
+                name_field=name_field,
+                size_limit=None if plain else _ZIP_ENTRY_LIMIT - 64,
+                written=len(header),
+            )
+            yield writer
+            writer.finish()
+            fh.write(b"</Document>\n</kml>\n")
+        writer.stats.outputs.append(self.path)

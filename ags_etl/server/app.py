@@ -1,0 +1,318 @@
+"""The HTTP side of the local FeatureServer: routing, tokens, faults, lifecycle.
+
+URLs (GET or POST form-encoded, parameters case-insensitive, ``f=json|pjson``)::
+
+    /arcgis/rest/info
+    /arcgis/tokens/generateToken                      (POST; only with --token-auth)
+    /arcgis/rest/services
+    /arcgis/rest/services/NAME/FeatureServer
+    /arcgis/rest/services/NAME/FeatureServer/layers
+    /arcgis/rest/services/NAME/FeatureServer/0
+    /arcgis/rest/services/NAME/FeatureServer/0/query  (also f=geojson)
+
+Any other path answers HTTP 200 ``{"error": {"code": 400, "message": "Invalid URL"}}``
+as ArcGIS does. Service names and the ``FeatureServer`` segment match
+case-insensitively (ArcGIS Server's are). HTTP/1.1 keep-alive is on, one thread
+per connection (``ThreadingHTTPServer``). The access log (logger
+``ags_etl.server.access``, INFO, so ``ags-etl -v serve``) holds method, path,
+status, size and time — never the query string or body, where tokens and
+passwords travel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from ags_etl.errors import ConfigError
+from ags_etl.server import metadata, query
+from ags_etl.server.auth import TokenStore, request_token
+from ags_etl.server.faults import FaultInjector
+from ags_etl.server.options import ServerOptions
+from ags_etl.server.protocol import Params, RestError, invalid_url, json_bytes
+from ags_etl.server.sources import find_sources, read_source, service_name
+from ags_etl.server.storage import LayerStore
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("ags_etl.server.access")
+
+#: Largest POST body accepted (long objectIds lists are the big ones).
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = query.JSON_TYPE
+
+
+class FeatureServerApp:
+    """Routes requests to the layers; independent of the HTTP server, thread-safe."""
+
+    def __init__(self, stores: list[LayerStore], options: ServerOptions) -> None:
+        self.stores = stores
+        self.options = options
+        self._by_name = {s.name.lower(): s for s in stores}
+        self.tokens = (
+            TokenStore(options.token_user, options.token_password, options.token_ttl)
+            if options.token_user is not None and options.token_password is not None
+            else None
+        )
+        self.faults = FaultInjector(options.latency_ms, options.fail_rate, options.seed)
+
+    def handle(self, method: str, path: str, params: Params, auth_header: str | None, base_url: str) -> Response:
+        """Answer one request. Never raises for a client error: those become error bodies."""
+        self.faults.delay()
+        fmt_pretty = params.text("f", "json").strip().lower() == "pjson"
+        try:
+            body, content_type = self._route(method, path, params, auth_header, base_url)
+        except RestError as err:
+            return _error_response(err)
+        if isinstance(body, bytes):
+            return Response(200, body, content_type)
+        return Response(200, json_bytes(body, pretty=fmt_pretty), content_type)
+
+    def _route(
+        self, method: str, path: str, params: Params, auth_header: str | None, base_url: str
+    ) -> tuple[Any, str]:
+        parts = [unquote(p) for p in path.split("/") if p]
+        low = [p.lower() for p in parts]
+        if low[:1] != ["arcgis"]:
+            raise invalid_url()
+        if low[1:] == ["rest", "info"]:
+            return metadata.rest_info(self.options, base_url), query.JSON_TYPE
+        if low[1:] == ["tokens", "generatetoken"]:
+            return self._generate_token(method, params), query.JSON_TYPE
+        if low[1:3] != ["rest", "services"]:
+            raise invalid_url()
+        rest = low[3:]
+        if len(rest) not in (0, 2, 3, 4) or (rest and rest[1] != "featureserver"):
+            raise invalid_url()
+        store = None
+        if rest:
+            store = self._by_name.get(rest[0])
+            if store is None:
+                raise invalid_url()
+        if len(rest) >= 3 and rest[2] not in ("0", "layers"):
+            raise invalid_url()
+        if len(rest) == 4 and (rest[2] != "0" or rest[3] != "query"):
+            raise invalid_url()
+        if self.tokens is not None:
+            self.tokens.check(request_token(params, auth_header))
+        query.output_format(params)  # an unknown f= is refused on every resource
+        if store is None:
+            return metadata.catalog(self.options, self.stores), query.JSON_TYPE
+        if len(rest) == 2:
+            return metadata.service(self.options, store), query.JSON_TYPE
+        if rest[2] == "layers":
+            return metadata.layers(self.options, store), query.JSON_TYPE
+        if len(rest) == 3:
+            return metadata.layer(self.options, store), query.JSON_TYPE
+        self.faults.check_query()
+        return query.run_query(store, params, self.options)
+
+    def _generate_token(self, method: str, params: Params) -> dict[str, Any]:
+        if self.tokens is None:
+            # An unsecured ArcGIS Server has no token service to speak of.
+            raise RestError(400, "Unable to generate token.", ["Token based authentication is not enabled."])
+        if method != "POST":
+            # ArcGIS Server refuses credentials in a URL by default (10.x "allowTokenGenerationViaGet": false).
+            raise RestError(405, "Method not supported.", ["Use POST to generate a token."])
+        return self.tokens.generate(params)
+
+
+def _error_response(err: RestError) -> Response:
+    if err.http_status == 500:
+        page = b"<html><head><title>500 Internal Server Error</title></head><body>Internal Server Error</body></html>"
+        return Response(500, page, "text/html; charset=utf-8")
+    if err.http_status == 502:
+        return Response(502, b"502 Bad Gateway", "text/plain; charset=utf-8")
+    return Response(err.http_status, json_bytes(err.body()), query.JSON_TYPE)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, keep-alive clients
+    # wait for the delayed ACK (~40 ms) on every request.
+    disable_nagle_algorithm = True
+    server: "_HTTPServer"
+    server_version = "ags-etl-serve"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        self._serve("GET", b"")
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length < 0 or length > MAX_BODY_BYTES:
+            self._send(Response(413, json_bytes(RestError(413, "Request body too large", []).body())))
+            self.close_connection = True
+            return
+        body = self.rfile.read(length) if length else b""
+        self._serve("POST", body)
+
+    def do_OPTIONS(self) -> None:
+        self._send(Response(204, b""))
+
+    def _serve(self, method: str, body: bytes) -> None:
+        started = time.perf_counter()
+        url = urlsplit(self.path)
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        form = body.decode("utf-8", "replace") if content_type in ("", "application/x-www-form-urlencoded") else ""
+        host = self.headers.get("Host") or f"{self.server.display_host}:{self.server.server_address[1]}"
+        try:
+            response = self.server.app.handle(
+                method, url.path, Params(url.query, form), self.headers.get("X-Esri-Authorization"), f"http://{host}"
+            )
+        except Exception as exc:  # a bug of ours: answer 500 and keep serving
+            log.error("internal error on %s %s: %s\n%s", method, url.path, exc, traceback.format_exc())
+            response = Response(500, json_bytes(RestError(500, f"Internal server error: {type(exc).__name__}").body()))
+        self._send(response)
+        access_log.info(
+            '%s "%s %s" %d %d %.1fms',
+            self.client_address[0],
+            method,
+            url.path,
+            response.status,
+            len(response.body),
+            (time.perf_counter() - started) * 1000,
+        )
+
+    def _send(self, response: Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Access-Control-Allow-Headers", "X-Esri-Authorization, Content-Type")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if response.body:
+            self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """http.server's own lines include the request line (query string, tokens): keep only our access log."""
+        return
+
+    def log_error(self, format: str, *args: Any) -> None:
+        log.debug("malformed request from %s", self.client_address[0])
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], app: FeatureServerApp) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.app = app
+        self.display_host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        super().__init__(address, _Handler)
+
+
+def load_stores(directory: Path, workdir: Path) -> list[LayerStore]:
+    """Read every data file of ``directory`` into SQLite files under ``workdir``."""
+    paths = find_sources(directory)
+    if not paths:
+        raise ConfigError(
+            f"no .geojson, .json, .shp or .parquet files in {str(directory)!r}; put data files there or pass another folder"
+        )
+    stores: list[LayerStore] = []
+    used: set[str] = set()
+    try:
+        for path in paths:
+            name = service_name(path)
+            base, n = name, 2
+            while name.lower() in used:
+                name = f"{base}_{n}"
+                n += 1
+            if name != base:
+                log.warning("%s: service name %r is taken, serving it as %r", path.name, base, name)
+            used.add(name.lower())
+            started = time.perf_counter()
+            source = read_source(path, name)
+            stores.append(LayerStore.create(source, workdir))
+            log.info("%s: %d features as %r in %.1fs", path.name, source.count, name, time.perf_counter() - started)
+    except BaseException:
+        for store in stores:
+            store.close()
+        raise
+    return stores
+
+
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM to leave serve_forever."""
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signum)
+
+
+@contextlib.contextmanager
+def running_server(directory: Path, options: ServerOptions) -> Iterator[tuple[_HTTPServer, str]]:
+    """Load the data and bind the socket; yields (server, base URL). Nothing is served until
+    the caller runs ``serve_forever``; on exit the socket, connections and temp files go."""
+    with tempfile.TemporaryDirectory(prefix="ags-etl-serve-") as workdir:
+        stores = load_stores(directory, Path(workdir))
+        try:
+            app = FeatureServerApp(stores, options)
+            try:
+                server = _HTTPServer((options.host, options.port), app)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}; "
+                    "pick another --port (0 picks a free one)"
+                ) from exc
+            try:
+                port = server.server_address[1]
+                yield server, f"http://{server.display_host}:{port}"
+            finally:
+                server.server_close()
+        finally:
+            for store in stores:
+                store.close()
+
+
+def serve(directory: Path, options: ServerOptions, ready: Callable[[str, int], None]) -> None:
+    """Serve ``directory`` until Ctrl-C or SIGTERM. ``ready(base_url, layer_count)`` is
+    called once the socket listens. Must run in the main thread (signal handling)."""
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        with running_server(directory, options) as (server, base_url):
+            ready(base_url, len(server.app.stores))
+            server.serve_forever(poll_interval=0.5)
+    except (KeyboardInterrupt, _Stop):
+        log.info("stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def serve_in_thread(directory: Path, options: ServerOptions) -> contextlib.AbstractContextManager[str]:
+    """In-process server for benchmarks and debugging: yields the base URL, stops on exit."""
+
+    @contextlib.contextmanager
+    def _run() -> Iterator[str]:
+        with running_server(directory, options) as (server, base_url):
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+            thread.start()
+            try:
+                yield base_url
+            finally:
+                server.shutdown()
+                thread.join()
+
+    return _run()

@@ -1,0 +1,555 @@
+"""The ``/query`` operation: parameters → one SQL query → Esri JSON or GeoJSON.
+
+Paging follows ArcGIS Server 10.3.1+: the page size is
+``min(resultRecordCount or maxRecordCount, maxRecordCount)``; one extra row is
+read to learn whether more rows match, and ``exceededTransferLimit: true`` is
+sent iff they do (the key is left out when false, as many servers do; in
+``f=geojson`` it sits in the collection's ``properties``, as 10.8 puts it).
+``returnIdsOnly``, ``returnCountOnly`` and ``returnExtentOnly`` are not capped.
+Rows come in OID order unless ``orderByFields`` says otherwise (the OID is then
+the tie-breaker, so pages never overlap).
+
+Without pagination (``--no-pagination``, a 10.0-era layer) ``resultOffset``,
+``resultRecordCount`` and ``orderByFields`` are ignored and the first
+``maxRecordCount`` rows (in OID order) come back, flagged when more match. 10.0
+itself did not send the flag; 10.1 did, and so does this server.
+
+Spatial filter: ``geometry`` (envelope ``xmin,ymin,xmax,ymax``, point ``x,y`` or
+Esri JSON of any geometry type) in ``inSR`` (or its own ``spatialReference``,
+or the layer's), reprojected to the layer CRS; the bbox index prefilters by
+envelope, then shapely tests ``esriSpatialRelIntersects`` exactly
+(``esriSpatialRelEnvelopeIntersects`` stops at the envelopes). Features whose
+envelope lies inside a query rectangle match without the exact test.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import shapely
+
+from ags_etl.arcgis.esrijson import decode_geometry, encode_geometry
+from ags_etl.errors import GeometryError
+from ags_etl.schema import Field
+from ags_etl.server import spatialref, where as where_sql
+from ags_etl.server.options import ServerOptions
+from ags_etl.server.protocol import QUERY_FAILED, Params, RestError, invalid_parameter, json_bytes
+from ags_etl.server.spatialref import SpatialRef
+from ags_etl.server.storage import (
+    HIT_FUNCTION,
+    TABLE,
+    WKB,
+    XMAX,
+    XMIN,
+    YMAX,
+    YMIN,
+    LayerStore,
+    Reader,
+    quote,
+)
+
+FORMATS = ("json", "pjson", "geojson")
+_STATISTIC_TYPES = {"count": "count", "sum": "sum", "min": "min", "max": "max", "avg": "avg"}
+_WGS84 = 4326
+JSON_TYPE = "application/json; charset=utf-8"
+GEOJSON_TYPE = "application/geo+json; charset=utf-8"
+
+
+@dataclass
+class SpatialFilter:
+    """The query geometry in the layer CRS; ``rectangle`` when it equals its envelope."""
+
+    bbox: tuple[float, float, float, float]
+    geometry: shapely.Geometry
+    rectangle: bool
+    envelope_only: bool
+
+
+@dataclass
+class Statistic:
+    kind: str
+    field: Field | None  # None: count(*)
+    out_name: str
+
+
+@dataclass
+class QueryRequest:
+    """A parsed, validated query."""
+
+    fmt: str
+    where: str | None
+    object_ids: list[int] | None
+    spatial: SpatialFilter | None
+    out_fields: list[Field]
+    return_geometry: bool
+    out_sr: SpatialRef | None
+    order_by: list[tuple[Field, str]]
+    offset: int
+    page_size: int
+    ids_only: bool
+    count_only: bool
+    extent_only: bool
+    return_z: bool
+    statistics: list[Statistic] = field(default_factory=list)
+    group_by: list[Field] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def output_format(params: Params) -> str:
+    """``f`` (default json); RestError 400 for formats this server does not write."""
+    fmt = params.text("f", "json").strip().lower()
+    if fmt not in FORMATS:
+        raise RestError(400, "Invalid or missing input parameters.", [f"Unsupported output format 'f={fmt}'"])
+    return fmt
+
+
+def _field_list(store: LayerStore, value: str, param: str) -> list[Field]:
+    out: list[Field] = []
+    for raw in value.split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        found = store.field_by_name(name)
+        if found is None:
+            raise invalid_parameter(param, f"field {name!r} does not exist")
+        if found not in out:
+            out.append(found)
+    return out
+
+
+def _out_fields(store: LayerStore, params: Params) -> list[Field]:
+    """Requested fields, OID always first; ``*`` means all. The geometry field name is accepted and skipped."""
+    from ags_etl.server.metadata import geometry_field_name
+
+    value = params.text("outFields", "")
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if "*" in names:
+        return list(store.fields)
+    shape = geometry_field_name(store).lower() if store.geometry_type is not None else None
+    names = [n for n in names if n.lower() != shape]
+    fields = _field_list(store, ",".join(names), "outFields")
+    oid = store.fields[0]
+    return [oid] + [f for f in fields if f is not oid]
+
+
+def _order_by(store: LayerStore, params: Params) -> list[tuple[Field, str]]:
+    value = params.get("orderByFields")
+    if value is None:
+        return []
+    out: list[tuple[Field, str]] = []
+    for part in value.split(","):
+        words = part.split()
+        if not words:
+            continue
+        if len(words) > 2 or (len(words) == 2 and words[1].upper() not in ("ASC", "DESC")):
+            raise invalid_parameter("orderByFields", f"expected 'FIELD [ASC|DESC]', got {part.strip()!r}")
+        found = store.field_by_name(words[0])
+        if found is None:
+            raise invalid_parameter("orderByFields", f"field {words[0]!r} does not exist")
+        out.append((found, words[1].upper() if len(words) == 2 else "ASC"))
+    return out
+
+
+def _object_ids(params: Params) -> list[int] | None:
+    value = params.get("objectIds")
+    if value is None:
+        return None
+    ids: list[int] = []
+    for raw in value.split(","):
+        text = raw.strip()
+        if not text:
+            continue
+        try:
+            number = float(text) if any(c in text for c in ".eE") else int(text)
+        except ValueError:
+            raise invalid_parameter("objectIds", f"{text!r} is not an object id") from None
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise invalid_parameter("objectIds", f"{text!r} is not an object id")
+            number = int(number)
+        ids.append(number)
+    return ids
+
+
+def _envelope_geometry(xmin: float, ymin: float, xmax: float, ymax: float) -> shapely.Geometry:
+    """A box; a degenerate box becomes the point or segment it is."""
+    if xmin > xmax or ymin > ymax:
+        raise invalid_parameter(
+            "geometry", f"envelope ({xmin}, {ymin}, {xmax}, {ymax}) has min > max; send xmin<=xmax and ymin<=ymax"
+        )
+    if xmin == xmax and ymin == ymax:
+        return shapely.Point(xmin, ymin)
+    if xmin == xmax or ymin == ymax:
+        return shapely.LineString([(xmin, ymin), (xmax, ymax)])
+    return shapely.box(xmin, ymin, xmax, ymax)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(value)
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(value)
+    return number
+
+
+def _spatial_filter(store: LayerStore, params: Params) -> SpatialFilter | None:
+    raw = params.get("geometry")
+    if raw is None:
+        return None
+    if store.geometry_type is None:
+        raise invalid_parameter("geometry", "this layer is a table and has no geometry to filter on")
+    rel = params.text("spatialRel", "esriSpatialRelIntersects").strip()
+    if rel not in ("esriSpatialRelIntersects", "esriSpatialRelEnvelopeIntersects"):
+        raise invalid_parameter(
+            "spatialRel", f"{rel} is not supported here; use esriSpatialRelIntersects or esriSpatialRelEnvelopeIntersects"
+        )
+    geometry_type = params.text("geometryType", "").strip()
+    sr_value: Any = params.get("inSR")
+    geom: shapely.Geometry | None
+    text = raw.strip()
+    try:
+        if text.startswith("{"):
+            data = orjson.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError(text)
+            if data.get("spatialReference"):
+                sr_value = data["spatialReference"]
+            if "xmin" in data:
+                geom = _envelope_geometry(*(_number(data.get(k)) for k in ("xmin", "ymin", "xmax", "ymax")))
+            else:
+                geom = decode_geometry(data, geometry_type or None)
+        else:
+            numbers = [_number(v) for v in text.split(",")]
+            if len(numbers) == 4:
+                geom = _envelope_geometry(*numbers)
+            elif len(numbers) == 2:
+                geom = shapely.Point(*numbers)
+            else:
+                raise ValueError(text)
+    except (ValueError, TypeError, orjson.JSONDecodeError, GeometryError) as exc:
+        raise invalid_parameter(
+            "geometry", f"expected 'xmin,ymin,xmax,ymax', 'x,y' or Esri JSON geometry, got {raw[:200]!r}"
+        ) from exc
+    if geom is None or geom.is_empty:
+        raise invalid_parameter("geometry", "the geometry is empty")
+    layer_sr = store.spatial_ref
+    in_sr = spatialref.parse(sr_value, "inSR") if sr_value is not None else layer_sr
+    rectangle = True
+    if in_sr is not None and layer_sr is not None and in_sr.key != layer_sr.key:
+        if geom.geom_type == "Polygon":
+            xmin, ymin, xmax, ymax = geom.bounds
+            geom = shapely.segmentize(geom, max(xmax - xmin, ymax - ymin) / 32)
+        geom = spatialref.transform_geometries(np.array([geom], dtype=object), in_sr, layer_sr, include_z=False)[0]
+        if not np.isfinite(shapely.get_coordinates(geom)).all():
+            raise invalid_parameter("geometry", f"the geometry cannot be projected from {in_sr.esri} to the layer's")
+        rectangle = False
+    elif in_sr is not None and layer_sr is None:
+        raise invalid_parameter("inSR", "this layer's spatial reference is unknown; send the geometry in its own CRS")
+    if geom.geom_type != "Polygon" or not shapely.equals(geom, shapely.envelope(geom)):
+        rectangle = False
+    shapely.prepare(geom)
+    bbox = tuple(float(v) for v in geom.bounds)
+    return SpatialFilter(bbox, geom, rectangle, rel == "esriSpatialRelEnvelopeIntersects")  # type: ignore[arg-type]
+
+
+def _statistics(store: LayerStore, params: Params) -> tuple[list[Statistic], list[Field]]:
+    value = params.json("outStatistics")
+    if value is None:
+        return [], []
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise invalid_parameter("outStatistics", "expected a JSON list of statistic definitions")
+    stats: list[Statistic] = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise invalid_parameter("outStatistics", f"expected an object, got {item!r}")
+        kind = str(item.get("statisticType", "")).strip().lower()
+        if kind not in _STATISTIC_TYPES:
+            raise invalid_parameter(
+                "outStatistics", f"statisticType {item.get('statisticType')!r} is not one of {sorted(_STATISTIC_TYPES)}"
+            )
+        name = str(item.get("onStatisticField", "")).strip()
+        found: Field | None
+        if name == "*" and kind == "count":
+            found = None
+        else:
+            found = store.field_by_name(name)
+            if found is None:
+                raise invalid_parameter("outStatistics", f"onStatisticField {name!r} is not a field")
+            if kind in ("sum", "avg") and found.esri_type in ("esriFieldTypeString",):
+                raise invalid_parameter("outStatistics", f"{kind} needs a numeric field, {found.name!r} is a string")
+        out_name = str(item.get("outStatisticFieldName") or f"{kind}_{found.name if found else 'all'}").strip()
+        if not re.fullmatch(r"\w+", out_name):
+            raise invalid_parameter("outStatistics", f"outStatisticFieldName {out_name!r} is not a valid name")
+        stats.append(Statistic(kind, found, out_name))
+    group_value = params.get("groupByFieldsForStatistics")
+    group = _field_list(store, group_value, "groupByFieldsForStatistics") if group_value else []
+    return stats, group
+
+
+def parse_query(store: LayerStore, params: Params, options: ServerOptions) -> QueryRequest:
+    """Validate the parameters of a query request against the layer."""
+    fmt = output_format(params)
+    where_text = params.text("where", "1=1")
+    names = [f.name for f in store.fields]
+    where = None if where_sql.is_everything(where_text) else where_sql.rewrite(where_text, names)
+    out_sr_value = params.get("outSR")
+    out_sr = spatialref.parse(out_sr_value, "outSR") if out_sr_value is not None else None
+    if out_sr is not None and store.spatial_ref is None and store.geometry_type is not None:
+        raise invalid_parameter("outSR", "this layer's spatial reference is unknown, so it cannot be projected")
+    if options.pagination:
+        order_by = _order_by(store, params)
+        offset = params.integer("resultOffset") or 0
+        requested = params.integer("resultRecordCount")
+    else:
+        # A 10.0 layer knew none of these parameters and ignored them.
+        order_by, offset, requested = [], 0, None
+    page_size = min(requested or options.max_record_count, options.max_record_count)
+    stats, group = _statistics(store, params)
+    return QueryRequest(
+        fmt=fmt,
+        where=where,
+        object_ids=_object_ids(params),
+        spatial=_spatial_filter(store, params),
+        out_fields=_out_fields(store, params),
+        return_geometry=params.flag("returnGeometry", True) and store.geometry_type is not None,
+        out_sr=out_sr,
+        order_by=order_by,
+        offset=offset,
+        page_size=page_size,
+        ids_only=params.flag("returnIdsOnly"),
+        count_only=params.flag("returnCountOnly"),
+        extent_only=params.flag("returnExtentOnly"),
+        return_z=params.flag("returnZ") and store.has_z,
+        statistics=stats,
+        group_by=group,
+    )
+
+
+# --------------------------------------------------------------------------- SQL
+
+
+def _conditions(store: LayerStore, req: QueryRequest) -> tuple[str, list[Any]]:
+    """The WHERE clause (or "") and its bind values."""
+    parts: list[str] = []
+    args: list[Any] = []
+    oid = quote(store.oid_field)
+    if req.where is not None:
+        parts.append(f"({req.where})")
+    if req.object_ids is not None:
+        # Ids are validated integers, so they can be written into the SQL directly
+        # (no limit on how many, unlike bind parameters).
+        parts.append(f"{oid} IN ({','.join(str(i) for i in req.object_ids) or 'NULL'})")
+    sf = req.spatial
+    if sf is not None:
+        xmin, ymin, xmax, ymax = sf.bbox
+        # Envelope prefilter on the bbox index: a feature that reaches x >= xmin starts at
+        # most max_width before it (margin for rounding in the subtraction).
+        strip = xmin - store.max_width
+        strip -= 1e-9 * (abs(strip) + store.max_width) + 1e-300
+        parts.append(
+            f"{quote(XMIN)} >= ? AND {quote(XMIN)} <= ? AND {quote(XMAX)} >= ? "
+            f"AND {quote(YMIN)} <= ? AND {quote(YMAX)} >= ?"
+        )
+        args += [strip, xmax, xmin, ymax, ymin]
+        if not sf.envelope_only:
+            exact = f"{HIT_FUNCTION}({quote(WKB)})"
+            if sf.rectangle:
+                inside = f"{quote(XMIN)} >= ? AND {quote(XMAX)} <= ? AND {quote(YMIN)} >= ? AND {quote(YMAX)} <= ?"
+                parts.append(f"(({inside}) OR {exact})")
+                args += [xmin, xmax, ymin, ymax]
+            else:
+                parts.append(exact)
+    return (" WHERE " + " AND ".join(parts)) if parts else "", args
+
+
+def _execute(reader: Reader, sql: str, args: list[Any], spatial: SpatialFilter | None) -> list[tuple[Any, ...]]:
+    """Run one statement; SQLite errors (bad where clause …) become ArcGIS's 400 answer."""
+    reader.filter_geometry = spatial.geometry if spatial is not None else None
+    try:
+        return reader.conn.execute(sql, args).fetchall()
+    except (sqlite3.Error, OverflowError) as exc:
+        raise RestError(400, QUERY_FAILED, [f"'where' parameter is invalid: {exc}"]) from exc
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def run_query(store: LayerStore, params: Params, options: ServerOptions) -> tuple[bytes, str]:
+    """Answer a query request: (body, content type). Raises RestError for invalid requests."""
+    req = parse_query(store, params, options)
+    where, args = _conditions(store, req)
+    pretty = req.fmt == "pjson"
+    with store.reader() as reader:
+        if req.statistics:
+            return json_bytes(_statistics_answer(store, reader, req, where, args), pretty=pretty), JSON_TYPE
+        if req.extent_only:
+            return json_bytes(_extent_answer(store, reader, req, where, args), pretty=pretty), JSON_TYPE
+        if req.count_only:
+            rows = _execute(reader, f"SELECT count(*) FROM {TABLE}{where}", args, req.spatial)
+            return json_bytes({"count": rows[0][0]}, pretty=pretty), JSON_TYPE
+        if req.ids_only:
+            oid = quote(store.oid_field)
+            rows = _execute(reader, f"SELECT {oid} FROM {TABLE}{where} ORDER BY {oid}", args, req.spatial)
+            body = {"objectIdFieldName": store.oid_field, "objectIds": [r[0] for r in rows]}
+            return json_bytes(body, pretty=pretty), JSON_TYPE
+        rows, exceeded = _page(store, reader, req, where, args)
+    if req.fmt == "geojson":
+        return json_bytes(_geojson_answer(store, req, rows, exceeded)), GEOJSON_TYPE
+    return json_bytes(_esri_answer(store, req, rows, exceeded), pretty=pretty), JSON_TYPE
+
+
+def _page(
+    store: LayerStore, reader: Reader, req: QueryRequest, where: str, args: list[Any]
+) -> tuple[list[tuple[Any, ...]], bool]:
+    columns = ", ".join(quote(f.name) for f in req.out_fields)
+    if req.return_geometry:
+        columns += f", {quote(WKB)}"
+    order = [f"{quote(f.name)} {direction}" for f, direction in req.order_by]
+    if not any(f.name == store.oid_field for f, _ in req.order_by):
+        order.append(f"{quote(store.oid_field)} ASC")
+    sql = f"SELECT {columns} FROM {TABLE}{where} ORDER BY {', '.join(order)} LIMIT ? OFFSET ?"
+    rows = _execute(reader, sql, [*args, req.page_size + 1, req.offset], req.spatial)
+    exceeded = len(rows) > req.page_size
+    return rows[: req.page_size], exceeded
+
+
+def _geometries(store: LayerStore, req: QueryRequest, rows: list[tuple[Any, ...]], target: SpatialRef | None) -> np.ndarray:
+    """WKB of a page → shapely geometries in the output CRS (Z only when asked for)."""
+    wkb = np.empty(len(rows), dtype=object)
+    wkb[:] = [r[-1] for r in rows]
+    geoms = shapely.from_wkb(wkb)
+    src = store.spatial_ref
+    if src is None or target is None:
+        return geoms if req.return_z else shapely.force_2d(geoms)
+    return spatialref.transform_geometries(geoms, src, target, include_z=req.return_z)
+
+
+def _response_fields(fields: list[Field]) -> list[dict[str, Any]]:
+    out = []
+    for f in fields:
+        entry: dict[str, Any] = {"name": f.name, "type": f.esri_type, "alias": f.alias or f.name}
+        if f.length is not None and f.esri_type == "esriFieldTypeString":
+            entry["length"] = f.length
+        out.append(entry)
+    return out
+
+
+def _esri_answer(store: LayerStore, req: QueryRequest, rows: list[tuple[Any, ...]], exceeded: bool) -> dict[str, Any]:
+    names = [f.name for f in req.out_fields]
+    target = req.out_sr or store.spatial_ref
+    body: dict[str, Any] = {
+        "objectIdFieldName": store.oid_field,
+        "uniqueIdField": {"name": store.oid_field, "isSystemMaintained": True},
+        "globalIdFieldName": "",
+    }
+    if store.geometry_type is not None:
+        body["geometryType"] = store.geometry_type
+        body["spatialReference"] = dict(target.esri) if target is not None else {}
+        if req.return_z:
+            body["hasZ"] = True
+    body["fields"] = _response_fields(req.out_fields)
+    n = len(names)
+    if req.return_geometry:
+        geoms = _geometries(store, req, rows, target)
+        features = []
+        for row, geom in zip(rows, geoms):
+            feature: dict[str, Any] = {"attributes": dict(zip(names, row[:n]))}
+            encoded = encode_geometry(geom, has_z=req.return_z)
+            if encoded is not None:
+                feature["geometry"] = encoded
+            features.append(feature)
+    else:
+        features = [{"attributes": dict(zip(names, row))} for row in rows]
+    body["features"] = features
+    if exceeded:
+        body["exceededTransferLimit"] = True
+    return body
+
+
+def _geojson_answer(store: LayerStore, req: QueryRequest, rows: list[tuple[Any, ...]], exceeded: bool) -> dict[str, Any]:
+    """RFC 7946 FeatureCollection: lon/lat unless outSR says otherwise, exteriors counter-clockwise."""
+    names = [f.name for f in req.out_fields]
+    n = len(names)
+    body: dict[str, Any] = {"type": "FeatureCollection"}
+    target = req.out_sr
+    if target is None and store.spatial_ref is not None:
+        target = spatialref.parse(_WGS84, "outSR")
+    if target is not None and target.key != "EPSG:4326" and target.key.startswith(("EPSG:", "ESRI:")):
+        # Not RFC 7946 any more: name the CRS the legacy (2008) way, as ArcGIS does.
+        body["crs"] = {"type": "name", "properties": {"name": target.key}}
+    encoded: list[Any] = [None] * len(rows)
+    if req.return_geometry and rows:
+        geoms = _geometries(store, req, rows, target)
+        geoms = shapely.orient_polygons(geoms, exterior_cw=False)
+        encoded = [None if g is None else orjson.Fragment(g) for g in shapely.to_geojson(geoms)]
+    body["features"] = [
+        {"type": "Feature", "id": row[0], "geometry": geometry, "properties": dict(zip(names, row[:n]))}
+        for row, geometry in zip(rows, encoded)
+    ]
+    if exceeded:
+        body["properties"] = {"exceededTransferLimit": True}
+    return body
+
+
+def _extent_answer(store: LayerStore, reader: Reader, req: QueryRequest, where: str, args: list[Any]) -> dict[str, Any]:
+    sql = (
+        f"SELECT min({quote(XMIN)}), min({quote(YMIN)}), max({quote(XMAX)}), max({quote(YMAX)}), count(*) "
+        f"FROM {TABLE}{where}"
+    )
+    xmin, ymin, xmax, ymax, count = _execute(reader, sql, args, req.spatial)[0]
+    body: dict[str, Any] = {}
+    if store.geometry_type is not None:
+        target = req.out_sr or store.spatial_ref
+        sr = dict(target.esri) if target is not None else {}
+        if xmin is None:
+            body["extent"] = {"xmin": None, "ymin": None, "xmax": None, "ymax": None, "spatialReference": sr}
+        else:
+            box = (xmin, ymin, xmax, ymax)
+            if target is not None and store.spatial_ref is not None:
+                box = spatialref.transform_bounds(box, store.spatial_ref, target)
+            body["extent"] = dict(zip(("xmin", "ymin", "xmax", "ymax"), box), spatialReference=sr)
+    if req.count_only or store.geometry_type is None:
+        body["count"] = count
+    return body
+
+
+def _statistics_answer(
+    store: LayerStore, reader: Reader, req: QueryRequest, where: str, args: list[Any]
+) -> dict[str, Any]:
+    selects = [quote(f.name) for f in req.group_by]
+    out_fields: list[dict[str, Any]] = [
+        {"name": f.name, "type": f.esri_type, "alias": f.alias or f.name} for f in req.group_by
+    ]
+    for stat in req.statistics:
+        target = quote(stat.field.name) if stat.field is not None else "*"
+        selects.append(f"{_STATISTIC_TYPES[stat.kind]}({target})")
+        if stat.kind == "count":
+            esri_type = "esriFieldTypeInteger"
+        elif stat.kind in ("sum", "avg"):
+            esri_type = "esriFieldTypeDouble"
+        else:
+            assert stat.field is not None
+            esri_type = "esriFieldTypeInteger" if stat.field.esri_type == "esriFieldTypeOID" else stat.field.esri_type
+        out_fields.append({"name": stat.out_name, "type": esri_type, "alias": stat.out_name})
+    sql = f"SELECT {', '.join(selects)} FROM {TABLE}{where}"
+    if req.group_by:
+        groups = ", ".join(quote(f.name) for f in req.group_by)
+        sql += f" GROUP BY {groups} ORDER BY {groups}"
+    rows = _execute(reader, sql, args, req.spatial)
+    names = [f["name"] for f in out_fields]
+    return {
+        "displayFieldName": "",
+        "fieldAliases": {n: n for n in names},
+        "fields": out_fields,
+        "features": [{"attributes": dict(zip(names, row))} for row in rows],
+    }
