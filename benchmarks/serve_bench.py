@@ -79,7 +79,7 @@ def pull(layer: str, n: int, concurrency: int, fmt: str) -> tuple[float, int]:
         session = getattr(local, "session", None)
         if session is None:
             session = local.session = requests.Session()
-        params = {"where": "1=1", "outFields": "*", "orderByFields": "OBJECTID", "resultOffset": offset,
+        params: dict[str, str | int] = {"where": "1=1", "outFields": "*", "orderByFields": "OBJECTID", "resultOffset": offset,
                   "resultRecordCount": PAGE, "f": fmt}
         body = orjson.loads(session.get(layer + "/query", params=params, timeout=120).content)
         return len(body["features"])

@@ -6,6 +6,7 @@ line tells which) and serves until Ctrl-C or SIGTERM, then exits 0.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -69,6 +70,6 @@ def serve_cmd(
 
     def ready(base_url: str, layers: int) -> None:
         click.echo(f"ags-etl serve: listening on {base_url}/arcgis/rest/services ({layers} layers)")
-        click.get_text_stream("stdout").flush()
+        sys.stdout.flush()
 
     serve(directory, options, ready)

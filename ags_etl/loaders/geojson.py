@@ -6,18 +6,23 @@ pipeline inserts a reprojection) and write what RFC 7946 asks for:
 * no ``crs`` member (RFC 7946 §4 removed it; longitude/latitude WGS 84 is implied);
 * the right-hand rule (§3.1.6): exterior rings counter-clockwise, holes clockwise.
   Esri JSON uses the opposite winding, so every polygon is re-oriented;
-* coordinates rounded to ``precision`` decimals (default 7, about 1 cm; §11.2);
-* ``"id"`` is the OID value when the schema has an OID field (the OID also stays a property);
+* coordinates rounded to ``precision`` decimals (default 7, about 1 cm; §11.2) and
+  written without trailing zeros (``12.5``, ``0``);
+* ``"id"`` is the OID value when the schema has an OID field (the OID also stays a
+  property); a null OID gives a feature without ``"id"``;
 * properties: dates (``timestamp``) as ISO 8601 UTC strings ``"1965-03-01T00:00:00Z"``
   (``".123Z"`` milliseconds only when a value has them), date-only values as
-  ``"YYYY-MM-DD"``, time-only values as ``"HH:MM:SS.mmm"``, nulls and NaN/±Infinity as
-  ``null``;
+  ``"YYYY-MM-DD"``, time-only values as ``"HH:MM:SS.mmm"``, doubles in their shortest
+  round-trip form (always with a ``.`` or exponent, so readers keep them real), nulls
+  and NaN/±Infinity as ``null``;
 * missing *or empty* geometries are written as ``"geometry": null``; a table without
-  geometry gives features whose geometry is null.
+  geometry gives features whose geometry is null. Z is written when a geometry has it;
+  M is dropped (GeoJSON has no M).
 
-Output is streamed: the FeatureCollection header, then each batch's features (one per
-line), then the footer, through :func:`~ags_etl.loaders.base.atomic_file`, so memory
-stays at one batch and a failed run leaves no file (and any earlier output untouched).
+The FeatureCollection carries the foreign member ``"name"`` (the layer name; GDAL takes
+it as the layer name). Output is streamed — header, each batch's features (one per
+line), footer — through :func:`~ags_etl.loaders.base.atomic_file`, so memory stays at
+one batch and a failed run leaves no file (and any earlier output untouched).
 
 GeoJSONSeqLoader writes one Feature per line (newline-delimited GeoJSON, as read by
 GDAL's GeoJSONSeq driver, ``jq`` and most "ndjson" tools). RFC 8142 puts an ASCII
@@ -25,16 +30,23 @@ record separator (0x1E) before every record; that is written only when the targe
 in ``.geojsons`` (GDAL's convention for RFC 8142 files) or the option ``rs=True`` is
 given. ``.geojsonl`` and ``.ndjson`` get plain newline-delimited records.
 
-Speed: geometries are not passed through ``shapely.to_geojson`` (about 60k 50-vertex
-polygons/s measured with shapely 2.2) but built from ``shapely.get_coordinates`` as
-numpy views that orjson serialises natively (about 125k polygons/s); points take a
-list fast path. Attributes go through Arrow casts and ``Table.to_pylist``.
+How it is fast: no Python object is made per feature or per coordinate. Coordinates
+become text in numpy (a character matrix per batch, see :func:`sequence_text`), the
+rest of each feature is assembled with Arrow string kernels over whole columns, and a
+finished batch is written straight from the Arrow data buffer. Measured on 2 cores
+(shapely 2.2, pyarrow 26): ``orjson.dumps`` per feature dict ran ~210k points/s and
+~60k 50-vertex polygons/s, ``shapely.to_geojson`` ~60k polygons/s; numbers for this
+writer are printed by ``benchmarks/bench_loaders_geojson_kmz.py``.
+
+:func:`decompose_geometries`, :func:`sequence_text`, :func:`iso_timestamps` and the
+option checks are shared with the KMZ loader.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
 import numpy as np
@@ -45,35 +57,65 @@ import shapely
 from shapely.geometry.polygon import orient as _orient_one
 
 from ags_etl.batch import FeatureBatch
-from ags_etl.errors import CapabilityError, ConfigError, LoadError
+from ags_etl.errors import CapabilityError, ConfigError, GeometryError
 from ags_etl.loaders.base import WGS84, Loader, LoaderCapabilities, LoadStats, atomic_file
 from ags_etl.schema import LayerSchema
 
 __all__ = [
     "GeoJSONLoader",
     "GeoJSONSeqLoader",
-    "geojson_geometries",
-    "iso_timestamps",
-    "json_ready_table",
-    "orient_right_hand",
+    "GeoJSONWriter",
+    "GeometryParts",
     "check_batch_crs",
+    "decompose_geometries",
+    "geojson_geometry_text",
+    "iso_timestamps",
+    "json_value_text",
+    "orient_right_hand",
+    "reject_unknown_options",
+    "sequence_text",
     "validate_precision",
+    "write_text",
 ]
 
-#: shapely type id → GeoJSON type name (a LinearRing is written as a LineString).
-_TYPE_NAMES: dict[int, str] = {
-    0: "Point",
-    1: "LineString",
-    2: "LineString",
-    3: "Polygon",
-    4: "MultiPoint",
-    5: "MultiLineString",
-    6: "MultiPolygon",
-    7: "GeometryCollection",
-}
-_POLYGONAL_IDS = (3, 6, 7)
-_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+LSTR = pa.large_string()  # int64 offsets: one batch of big polygons may pass 2 GiB of text
 _WRITE_BUFFER = 1 << 20
+_POLYGONAL_IDS = (3, 6, 7)
+#: |coordinate| limit so that value * 10**precision is an exact float64 integer (far beyond any
+#: longitude, latitude or altitude in metres).
+_MAGNITUDE_LIMIT = 2.0**53
+
+
+def lit(text: str) -> pa.Scalar:
+    """A large_string scalar (Arrow string kernels want all arguments of one type)."""
+    return pa.scalar(text, LSTR)
+
+
+def join(*parts: pa.Array | pa.Scalar) -> pa.Array:
+    """Element-wise concatenation of large_string arrays/scalars (null if any part is null)."""
+    return pc.binary_join_element_wise(*parts, lit(""))
+
+
+def join_runs(counts: np.ndarray, values: pa.Array, sep: str) -> pa.Array:
+    """Join consecutive runs of ``values`` (run lengths ``counts``) with ``sep``."""
+    offsets = pa.array(np.concatenate(([0], np.cumsum(counts, dtype=np.int64))), pa.int64())
+    return pc.binary_join(pa.LargeListArray.from_arrays(offsets, values), lit(sep))
+
+
+def write_text(fh: IO[bytes], text: pa.Array | pa.ChunkedArray, skip: int = 0) -> int:
+    """Write the concatenation of a null-free string array from its data buffer; return bytes written.
+
+    ``skip`` leaves out that many leading bytes (used to drop a leading separator).
+    """
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    if len(text) == 0:
+        return 0
+    _, offsets_buf, data = text.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64 if pa.types.is_large_string(text.type) else np.int32)
+    start, end = int(offsets[text.offset]) + skip, int(offsets[text.offset + len(text)])
+    fh.write(memoryview(data)[start:end])
+    return end - start
 
 
 # --------------------------------------------------------------------------- options / checks
@@ -132,57 +174,74 @@ def iso_timestamps(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedA
         fraction = (ticks % per_second) != 0
         if fraction.any():
             # Only these rows need the long form; a cast of a negative sub-second value to
-            # seconds would round towards zero, so their whole-second text is discarded.
+            # seconds rounds towards zero, so their whole-second text is discarded.
             fine = naive.cast(pa.timestamp("ms"), safe=False).cast(pa.string())
             text = pc.if_else(pa.array(fraction), fine, text)
     text = pc.replace_substring(text, " ", "T", max_replacements=1)
     return pc.binary_join_element_wise(text, "Z", "")
 
 
-def _json_ready_column(name: str, column: pa.ChunkedArray) -> pa.ChunkedArray | pa.Array:
+_JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
+_OTHER_CONTROL_RE2 = r"[\x00-\x1f]"
+
+
+def _json_strings(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Quoted, escaped JSON strings (nulls stay null)."""
+    raw = column.cast(LSTR)
+    if isinstance(raw, pa.ChunkedArray):
+        raw = raw.combine_chunks()
+    text = raw
+    for char, escaped in _JSON_ESCAPES:
+        text = pc.replace_substring(text, char, escaped)
+    odd = pc.match_substring_regex(text, _OTHER_CONTROL_RE2).fill_null(False)
+    if pc.any(odd).as_py():
+        # Rare control characters (\b, \f, \x00 …): let orjson write those few values.
+        mask = odd.to_numpy(zero_copy_only=False)
+        fixed = [orjson.dumps(v).decode()[1:-1] for v in raw.filter(pa.array(mask)).to_pylist()]
+        text = pc.replace_with_mask(text, pa.array(mask), pa.array(fixed, LSTR))
+    return join(lit('"'), text, lit('"'))
+
+
+def json_value_text(name: str, column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """JSON text of every value of an attribute column (``null`` for nulls, NaN and ±Infinity).
+
+    Raises CapabilityError for an Arrow type with no JSON form.
+    """
     dtype = column.type
     if pa.types.is_dictionary(dtype):
         column = column.cast(dtype.value_type)
         dtype = column.type
+    if pa.types.is_null(dtype):
+        return pa.array(["null"] * len(column), LSTR)
     if pa.types.is_timestamp(dtype):
-        return iso_timestamps(column)
-    if pa.types.is_date(dtype) or pa.types.is_time(dtype):
-        return column.cast(pa.string())
-    if pa.types.is_float16(dtype) or pa.types.is_float32(dtype):
-        # Through text, so a float32 0.1 is written as 0.1, not 0.10000000149011612.
-        return column.cast(pa.string()).cast(pa.float64())
-    if pa.types.is_decimal(dtype):
-        return column.cast(pa.float64())
-    if (
-        pa.types.is_boolean(dtype)
-        or pa.types.is_integer(dtype)
-        or pa.types.is_floating(dtype)
-        or pa.types.is_string(dtype)
-        or pa.types.is_large_string(dtype)
-        or pa.types.is_null(dtype)
-    ):
-        return column
-    try:
-        return column.cast(pa.string())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise CapabilityError(
-            f"attribute {name!r} has Arrow type {dtype}, which has no JSON form; "
-            f"drop the field with a fields transform"
-        ) from exc
+        text = _json_strings(iso_timestamps(column))
+    elif pa.types.is_date(dtype) or pa.types.is_time(dtype):
+        text = _json_strings(column.cast(pa.string()))
+    elif pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        text = _json_strings(column)
+    elif pa.types.is_boolean(dtype) or pa.types.is_integer(dtype):
+        text = column.cast(LSTR)
+    elif pa.types.is_floating(dtype) or pa.types.is_decimal(dtype):
+        if pa.types.is_decimal(dtype):
+            column = column.cast(pa.float64())
+        finite = pc.is_finite(column)
+        # Arrow prints the shortest round-trip form (float32: the float32 one, 0.1 not
+        # 0.10000000149011612); "100" gets ".0" so readers do not take the field as integer.
+        text = pc.if_else(finite, column, pa.scalar(None, column.type)).cast(LSTR)
+        plain = pc.invert(pc.match_substring_regex(text, r"[.eE]")).fill_null(False)
+        text = pc.if_else(plain, join(text, lit(".0")), text)
+    else:
+        try:
+            text = _json_strings(column.cast(pa.string()))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise CapabilityError(
+                f"attribute {name!r} has Arrow type {dtype}, which has no JSON form; "
+                f"drop the field with a fields transform"
+            ) from exc
+    return text.fill_null(lit("null"))
 
 
-def json_ready_table(table: pa.Table) -> pa.Table:
-    """The attribute table with every column in a type whose Python value orjson can write.
-
-    Timestamps become ISO 8601 UTC strings, dates ``YYYY-MM-DD``, times ``HH:MM:SS.mmm``,
-    float32 values float64 with their shortest decimal form. NaN doubles are left as
-    NaN: orjson writes NaN and ±Infinity as ``null`` (orjson ≥ 3.0 behaviour).
-    """
-    columns = [_json_ready_column(name, table.column(i)) for i, name in enumerate(table.column_names)]
-    return pa.Table.from_arrays(columns, names=table.column_names)
-
-
-# --------------------------------------------------------------------------- geometry
+# --------------------------------------------------------------------------- geometry structure
 
 
 def _orient_fallback(geoms: np.ndarray) -> np.ndarray:
@@ -196,8 +255,8 @@ def _orient_fallback(geoms: np.ndarray) -> np.ndarray:
         if type_ids[i] == 3:
             out[i] = _orient_one(g, 1.0)
         else:
-            parts = _orient_fallback(shapely.get_parts(g))
-            out[i] = type(g)(list(parts)) if type_ids[i] == 6 else shapely.geometrycollections(list(parts))
+            parts = list(_orient_fallback(shapely.get_parts(g)))
+            out[i] = shapely.MultiPolygon(parts) if type_ids[i] == 6 else shapely.GeometryCollection(parts)
     return out
 
 
@@ -213,25 +272,66 @@ def orient_right_hand(geoms: np.ndarray) -> np.ndarray:
     return _orient_fallback(geoms)
 
 
-def _rounder(precision: int) -> Callable[[np.ndarray], np.ndarray]:
-    def round_coords(coords: np.ndarray) -> np.ndarray:
-        # "+ 0.0" turns -0.0 (from rounding tiny negatives) into 0.0.
-        return np.round(coords, precision) + 0.0
+def _flatten_collection(geom: shapely.Geometry) -> shapely.Geometry:
+    """A GeometryCollection of the non-empty single-part leaves of ``geom``."""
+    leaves: list[shapely.Geometry] = []
+    stack = [geom]
+    while stack:
+        g = stack.pop()
+        if shapely.get_type_id(g) >= 4:
+            stack.extend(reversed(list(shapely.get_parts(g))))
+        elif not g.is_empty:
+            leaves.append(g)
+    return shapely.GeometryCollection(leaves)
 
-    return round_coords
+
+@dataclass(frozen=True)
+class GeometryParts:
+    """A batch's geometries taken apart into flat arrays (polygons already right-hand oriented).
+
+    ``rows``: the batch rows that have a non-empty geometry, with their shapely type ids
+    ``types``; ``part_counts``: parts per such row (a single geometry is its own one
+    part); ``part_types``: type id of each part (0 Point, 1 LineString, 2 LinearRing,
+    3 Polygon); ``other_pos`` / ``poly_pos``: positions of non-polygon and polygon parts;
+    ``ring_counts``: rings per polygon part (exterior first); ``seq_counts``: coordinates
+    per sequence, the non-polygon parts first, then all rings; ``coords``: (n, 2) or
+    (n, 3) with NaN Z where a geometry has none. ``collections``: rows (indices into the
+    batch) holding GeometryCollections that were *not* taken apart.
+    """
+
+    rows: np.ndarray
+    types: np.ndarray
+    part_counts: np.ndarray
+    part_types: np.ndarray
+    other_pos: np.ndarray
+    poly_pos: np.ndarray
+    ring_counts: np.ndarray
+    seq_counts: np.ndarray
+    coords: np.ndarray
+    collections: np.ndarray
 
 
-def _fill_points(out: list[Any], geoms: np.ndarray, rows: np.ndarray, precision: int, include_z: bool) -> None:
-    coords = (np.round(shapely.get_coordinates(geoms[rows], include_z=include_z), precision) + 0.0).tolist()
-    for i, xy in zip(rows.tolist(), coords):
-        out[i] = {"type": "Point", "coordinates": xy}
+def decompose_geometries(geoms: np.ndarray, *, flatten_collections: bool) -> GeometryParts:
+    """Take a batch's geometries apart for text building (vectorised shapely calls).
 
-
-def _fill_ragged(
-    out: list[Any], geoms: np.ndarray, rows: np.ndarray, type_ids: np.ndarray, precision: int, include_z: bool
-) -> None:
-    """Lines, polygons and multi-geometries: coordinates as numpy views orjson writes as arrays."""
-    parts, part_row = shapely.get_parts(geoms[rows], return_index=True)  # single types: the geometry itself
+    Missing and empty geometries are left out (not in ``rows``), as are empty parts.
+    GeometryCollections are flattened into their single-part leaves when
+    ``flatten_collections``, else listed in ``collections`` and left out.
+    """
+    type_ids = shapely.get_type_id(geoms)
+    present = (type_ids >= 0) & ~shapely.is_empty(geoms)
+    collections = np.flatnonzero(present & (type_ids == 7)) if not flatten_collections else np.empty(0, np.int64)
+    if not flatten_collections:
+        present &= type_ids != 7
+    rows = np.flatnonzero(present)
+    sub = geoms[rows]
+    types = type_ids[rows]
+    if np.isin(types, _POLYGONAL_IDS).any():
+        sub = orient_right_hand(sub)
+    if flatten_collections:
+        for k in np.flatnonzero(types == 7).tolist():
+            sub[k] = _flatten_collection(sub[k])
+    parts, part_row = shapely.get_parts(sub, return_index=True)  # single types: the geometry itself
     keep = ~shapely.is_empty(parts)
     parts, part_row = parts[keep], part_row[keep]
     part_types = shapely.get_type_id(parts)
@@ -239,89 +339,253 @@ def _fill_ragged(
     other_pos = np.flatnonzero(part_types != 3)
     rings, ring_poly = shapely.get_rings(parts[poly_pos], return_index=True)
     sequences = np.concatenate([parts[other_pos], rings])
+    include_z = bool(shapely.has_z(sequences).any())
     coords, seq_of = shapely.get_coordinates(sequences, include_z=include_z, return_index=True)
-    coords = np.round(coords, precision) + 0.0
-    seq_arrays = np.split(coords, np.cumsum(np.bincount(seq_of, minlength=len(sequences)))[:-1])
-
-    part_coords: list[Any] = [None] * len(parts)
-    part_types_list = part_types.tolist()
-    for k, pos in enumerate(other_pos.tolist()):
-        arr = seq_arrays[k]
-        part_coords[pos] = arr[0] if part_types_list[pos] == 0 else arr
-    ring_arrays = seq_arrays[len(other_pos) :]
-    ring_starts = np.concatenate(([0], np.cumsum(np.bincount(ring_poly, minlength=len(poly_pos))))).tolist()
-    for k, pos in enumerate(poly_pos.tolist()):
-        part_coords[pos] = ring_arrays[ring_starts[k] : ring_starts[k + 1]]
-
-    part_starts = np.concatenate(([0], np.cumsum(np.bincount(part_row, minlength=len(rows))))).tolist()
-    for k, (i, t) in enumerate(zip(rows.tolist(), type_ids.tolist())):
-        a, b = part_starts[k], part_starts[k + 1]
-        if t >= 4:
-            out[i] = {"type": _TYPE_NAMES[t], "coordinates": part_coords[a:b]}
-        elif b > a:
-            out[i] = {"type": _TYPE_NAMES[t], "coordinates": part_coords[a]}
+    return GeometryParts(
+        rows=rows,
+        types=types,
+        part_counts=np.bincount(part_row, minlength=len(rows)),
+        part_types=part_types,
+        other_pos=other_pos,
+        poly_pos=poly_pos,
+        ring_counts=np.bincount(ring_poly, minlength=len(poly_pos)),
+        seq_counts=np.bincount(seq_of, minlength=len(sequences)),
+        coords=coords,
+        collections=collections,
+    )
 
 
-def geojson_geometries(geoms: np.ndarray, precision: int = 7) -> list[Any]:
-    """GeoJSON geometry objects (dicts/orjson fragments, ``None`` for missing or empty) for a batch.
+# --------------------------------------------------------------------------- coordinate text
 
-    Polygons are oriented by the right-hand rule and coordinates rounded to
-    ``precision`` decimals. Within a batch, geometries with Z get 3-value positions and
-    the others 2; M values are dropped (GeoJSON has no M). The result is meant for
-    ``orjson.dumps(..., option=orjson.OPT_SERIALIZE_NUMPY)``.
+
+#: Row j: the j-th character of "0000" … "9999" (a (4, 10000) table).
+_DIGIT_ROWS = np.frombuffer("".join(f"{i:04d}" for i in range(10_000)).encode(), dtype=np.uint8).reshape(10_000, 4).T.copy()
+
+
+def _fill_digits(chars: np.ndarray, values: np.ndarray) -> None:
+    """Write whole numbers ≥ 0 (float64, exact) zero-padded into ``chars`` (width, n).
+
+    One table lookup per character row; groups of four digits are split off with float
+    arithmetic (exact below 2**53), which numpy vectorises — int64 ``//`` and ``%`` do
+    not vectorise and cost about ten times as much.
     """
-    out: list[Any] = [None] * len(geoms)
-    type_ids = shapely.get_type_id(geoms)
-    present = (type_ids >= 0) & ~shapely.is_empty(geoms)
-    if not present.any():
-        return out
-    if np.isin(type_ids[present], _POLYGONAL_IDS).any():
-        geoms = orient_right_hand(geoms)
-    has_z = shapely.has_z(geoms)
-    for include_z in (False, True):
-        group = present & (has_z == include_z)
-        if not group.any():
-            continue
-        points = np.flatnonzero(group & (type_ids == 0))
-        if len(points):
-            _fill_points(out, geoms, points, precision, include_z)
-        for i in np.flatnonzero(group & (type_ids == 7)).tolist():
-            # Collections are rare in feature services; GEOS writes them (nested ones too).
-            rounded = shapely.transform(geoms[i], _rounder(precision), include_z=include_z)
-            out[i] = orjson.Fragment(shapely.to_geojson(rounded))
-        others = np.flatnonzero(group & (type_ids != 0) & (type_ids != 7))
-        if len(others):
-            _fill_ragged(out, geoms, others, type_ids[others], precision, include_z)
-    return out
+    row = chars.shape[0]
+    rest = values
+    while row > 0:
+        size = min(4, row)
+        higher = np.floor(rest * 1e-4)
+        chunk = (rest - higher * 1e4).astype(np.intp)
+        for j in range(size):
+            np.take(_DIGIT_ROWS[4 - size + j], chunk, out=chars[row - size + j])
+        rest = higher
+        row -= size
+
+
+def _number_width(values: np.ndarray, precision: int) -> int:
+    """Characters needed for ``values`` in fixed notation: sign, whole digits, point, decimals."""
+    largest = int(np.rint(np.abs(values).max(initial=0.0) * 10**precision)) // 10**precision
+    return 1 + len(str(largest)) + (1 + precision if precision else 0)
+
+
+def _fill_number(chars: np.ndarray, keep: np.ndarray, values: np.ndarray, precision: int, strip: bool) -> None:
+    """Fixed-point text of ``values`` into ``chars``/``keep``, both (width, n) — one row per character.
+
+    Column ``i`` of the kept characters spells ``'%.{precision}f' % values[i]``; with
+    ``strip`` without trailing zeros, and without the point when nothing follows it.
+    Values must be finite with ``|value| * 10**precision < 2**53`` (checked by the caller).
+    """
+    scale = float(10**precision)
+    fixed = np.rint(values * scale)
+    magnitude = np.abs(fixed)
+    whole = np.floor(magnitude / scale)
+    fraction = magnitude - whole * scale
+    whole_width = chars.shape[0] - 1 - (1 + precision if precision else 0)
+    chars[0] = ord("-")
+    np.less(fixed, 0.0, out=keep[0])
+    _fill_digits(chars[1 : 1 + whole_width], whole)
+    keep[whole_width] = True  # the units digit is always written
+    for j in range(whole_width - 1):
+        np.greater_equal(whole, 10.0 ** (whole_width - 1 - j), out=keep[1 + j])
+    if not precision:
+        return
+    point = 1 + whole_width
+    chars[point] = ord(".")
+    _fill_digits(chars[point + 1 :], fraction)
+    if not strip:
+        keep[point:] = True
+        return
+    # Decimals to keep: up to the last non-zero digit.
+    kept = np.zeros(len(values), dtype=np.int8)
+    for j in range(precision):
+        kept[chars[point + 1 + j] != 48] = j + 1
+    np.greater(kept, 0, out=keep[point])
+    for j in range(precision):
+        np.greater(kept, j, out=keep[point + 1 + j])
+
+
+def sequence_text(
+    coords: np.ndarray,
+    seq_counts: np.ndarray,
+    precision: int,
+    *,
+    strip: bool,
+    tuple_open: bytes = b"",
+    tuple_close: bytes = b"",
+    between: bytes = b" ",
+    seq_open: bytes = b"",
+    seq_close: bytes = b"",
+    wrap: np.ndarray | None = None,
+) -> pa.Array:
+    """One large_string per coordinate sequence, built in numpy without per-value Python work.
+
+    Each coordinate is written ``tuple_open x,y[,z] tuple_close`` (numbers as in
+    :func:`_fill_number`; Z only where it is not NaN), coordinates of a sequence are
+    separated by ``between``, and sequences with ``wrap[i]`` true get ``seq_open`` /
+    ``seq_close`` around them. All characters go into one (characters, coordinates)
+    matrix with a keep mask — every fill is a contiguous row write — and the kept
+    characters read column by column are the text of all sequences back to back.
+    Raises GeometryError for non-finite or huge coordinates.
+    """
+    rows, dims = coords.shape
+    if rows == 0:
+        return pa.array([""] * len(seq_counts), LSTR)
+    columns = [np.ascontiguousarray(coords[:, 0]), np.ascontiguousarray(coords[:, 1])]
+    if not (np.isfinite(columns[0]).all() and np.isfinite(columns[1]).all()):
+        raise GeometryError("a geometry has NaN or infinite coordinates; repair or drop it before writing")
+    has_z: np.ndarray | None = None
+    if dims == 3:
+        has_z = ~np.isnan(coords[:, 2])
+        columns.append(np.where(has_z, coords[:, 2], 0.0))
+        if not np.isfinite(columns[2]).all():
+            raise GeometryError("a geometry has an infinite Z value; repair or drop it before writing")
+    largest = max(float(np.abs(c).max()) for c in columns)
+    if largest * 10.0**precision >= _MAGNITUDE_LIMIT:
+        raise GeometryError(
+            f"a coordinate is too large to write with {precision} decimals (|value| {largest:.6g}); "
+            f"check the CRS or drop the Z values"
+        )
+    starts = np.concatenate(([0], np.cumsum(seq_counts, dtype=np.int64)))
+    nonempty = seq_counts > 0
+    first = np.zeros(rows, dtype=bool)
+    first[starts[:-1][nonempty]] = True
+    last = np.zeros(rows, dtype=bool)
+    last[starts[1:][nonempty] - 1] = True
+    wrapped = np.repeat(wrap, seq_counts) if wrap is not None and (seq_open or seq_close) else None
+
+    widths = [_number_width(c, precision) for c in columns]
+    layout: list[tuple[bytes | int, np.ndarray | None]] = []  # (constant text or number index, keep or None=all)
+    if seq_open and wrapped is not None:
+        layout.append((seq_open, first & wrapped))
+    if tuple_open:
+        layout.append((tuple_open, None))
+    layout += [(0, None), (b",", None), (1, None)]
+    if has_z is not None:
+        layout += [(b",", has_z), (2, has_z)]
+    if tuple_close:
+        layout.append((tuple_close, None))
+    if seq_close and wrapped is not None:
+        layout.append((seq_close, last & wrapped))
+    if between:
+        layout.append((between, ~last))
+    total = sum(widths[item] if isinstance(item, int) else len(item) for item, _ in layout)
+    chars = np.empty((total, rows), dtype=np.uint8)
+    keep = np.empty((total, rows), dtype=bool)
+    row = 0
+    for item, item_keep in layout:
+        if isinstance(item, int):
+            width = widths[item]
+            _fill_number(chars[row : row + width], keep[row : row + width], columns[item], precision, strip)
+            if item_keep is not None:
+                keep[row : row + width] &= item_keep
+        else:
+            width = len(item)
+            chars[row : row + width] = np.frombuffer(item, dtype=np.uint8)[:, None]
+            keep[row : row + width] = True if item_keep is None else item_keep
+        row += width
+    data = chars.T[keep.T]
+    row_ends = np.concatenate(([0], np.cumsum(keep.sum(axis=0), dtype=np.int64)))
+    return pa.LargeStringArray.from_buffers(len(seq_counts), pa.py_buffer(row_ends[starts]), pa.py_buffer(data))
+
+
+def scatter(values: pa.Array, rows: np.ndarray, n: int, fill: str) -> pa.Array:
+    """A length-``n`` array with ``values`` at ``rows`` and ``fill`` elsewhere."""
+    where = np.full(n, -1, dtype=np.int64)
+    where[rows] = np.arange(len(rows))
+    return pc.take(values, pa.array(where, mask=where < 0)).fill_null(lit(fill))
+
+
+def reorder_parts(parts: GeometryParts, other_text: pa.Array, poly_text: pa.Array) -> pa.Array:
+    """Part texts back in part order (they were built non-polygons first, then polygons)."""
+    order = np.concatenate([parts.other_pos, parts.poly_pos])
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.arange(len(order))
+    return pc.take(pa.concat_arrays([other_text, poly_text]), pa.array(inverse))
+
+
+_GEOJSON_TYPE_OPEN = pa.array(
+    [
+        '{"type":"Point","coordinates":',
+        '{"type":"LineString","coordinates":',
+        '{"type":"LineString","coordinates":',  # a LinearRing is written as a LineString
+        '{"type":"Polygon","coordinates":',
+        '{"type":"MultiPoint","coordinates":',
+        '{"type":"MultiLineString","coordinates":',
+        '{"type":"MultiPolygon","coordinates":',
+    ],
+    LSTR,
+)
+
+
+def geojson_geometry_text(geoms: np.ndarray, precision: int = 7) -> pa.Array:
+    """GeoJSON geometry text for every row of a batch (``null`` for missing or empty ones).
+
+    Polygons are right-hand oriented, coordinates rounded to ``precision`` decimals.
+    GeometryCollections (rare in feature services) go through ``shapely.to_geojson``.
+    """
+    n = len(geoms)
+    parts = decompose_geometries(geoms, flatten_collections=False)
+    if len(parts.rows):
+        point_part = parts.part_types[parts.other_pos] == 0
+        seq_text = sequence_text(
+            parts.coords,
+            parts.seq_counts,
+            precision,
+            strip=True,
+            tuple_open=b"[",
+            tuple_close=b"]",
+            between=b",",
+            seq_open=b"[",
+            seq_close=b"]",
+            wrap=np.concatenate([~point_part, np.ones(int(parts.ring_counts.sum()), dtype=bool)]),
+        )
+        other_text = seq_text.slice(0, len(parts.other_pos))
+        ring_text = seq_text.slice(len(parts.other_pos))
+        poly_text = join(lit("["), join_runs(parts.ring_counts, ring_text, ","), lit("]"))
+        part_text = reorder_parts(parts, other_text, poly_text)
+        body = join_runs(parts.part_counts, part_text, ",")
+        multi = parts.types >= 4
+        if multi.any():
+            body = pc.if_else(pa.array(multi), join(lit("["), body, lit("]")), body)
+        text = join(pc.take(_GEOJSON_TYPE_OPEN, pa.array(parts.types)), body, lit("}"))
+        full = scatter(text, parts.rows, n, "null")
+    else:
+        full = pa.array(["null"] * n, LSTR)
+    if len(parts.collections):
+        collection_json: list[str] = []
+        for g in orient_right_hand(geoms[parts.collections]).tolist():
+            rounded = shapely.transform(g, lambda c: np.round(c, precision) + 0.0, include_z=g.has_z)
+            collection_json.append(str(shapely.to_geojson(rounded)))
+        mask = np.zeros(n, dtype=bool)
+        mask[parts.collections] = True
+        full = pc.replace_with_mask(full, pa.array(mask), pa.array(collection_json, LSTR))
+    return full
 
 
 # --------------------------------------------------------------------------- writers
 
 
-def _features(batch: FeatureBatch, oid_field: str | None, precision: int) -> list[dict[str, Any]]:
-    props = json_ready_table(batch.attributes).to_pylist()
-    geometries = [None] * len(batch) if batch.geometry is None else geojson_geometries(batch.geometry, precision)
-    if oid_field is None or oid_field not in batch.column_names:
-        return [{"type": "Feature", "geometry": g, "properties": p} for g, p in zip(geometries, props)]
-    ids = batch.column(oid_field).to_pylist()
-    features = [{"type": "Feature", "id": i, "geometry": g, "properties": p} for i, g, p in zip(ids, geometries, props)]
-    if batch.column(oid_field).null_count:
-        for f in features:
-            if f["id"] is None:
-                del f["id"]  # RFC 7946 §3.2: an id is a string or a number, never null
-    return features
-
-
-def _dump_all(loader: str, features: list[dict[str, Any]]) -> list[bytes]:
-    dumps = orjson.dumps
-    try:
-        return [dumps(f, option=_DUMPS_OPTIONS) for f in features]
-    except orjson.JSONEncodeError as exc:
-        raise LoadError(f"{loader}: a feature could not be encoded as JSON ({exc}); check the attribute values") from exc
-
-
 class GeoJSONWriter:
-    """Writes batches into an open binary file; used inside :meth:`GeoJSONLoader.open`."""
+    """Writes batches into an open binary file; made by the loaders' ``open``."""
 
     def __init__(self, fh: IO[bytes], schema: LayerSchema, *, loader: str, precision: int, seq: bool, rs: bool) -> None:
         self._fh = fh
@@ -330,24 +594,47 @@ class GeoJSONWriter:
         self._precision = precision
         self._seq = seq
         self._rs = rs
+        self._keys: dict[str, str] = {}
         self.stats = LoadStats()
+
+    def _key(self, field: str, first: bool) -> str:
+        key = self._keys.get(field)
+        if key is None:
+            key = self._keys[field] = orjson.dumps(field).decode() + ":"
+        return key if first else "," + key
+
+    def features_text(self, batch: FeatureBatch) -> pa.Array:
+        """One JSON text per feature, each starting with ``,\\n`` (Feature­Collection) or
+        the record separator (sequence with RS) and, for sequences, ending in ``\\n``."""
+        n = len(batch)
+        props: list[pa.Array | pa.Scalar] = [lit("{")]
+        for i, field in enumerate(batch.column_names):
+            props.append(lit(self._key(field, i == 0)))
+            props.append(json_value_text(field, batch.column(field).combine_chunks()))
+        props.append(lit("}"))
+        properties = join(*props) if len(props) > 2 else pa.array(["{}"] * n, LSTR)
+        if batch.geometry is None:
+            geometry: pa.Array | pa.Scalar = lit("null")
+        else:
+            geometry = geojson_geometry_text(batch.geometry, self._precision)
+        if self._oid_field is not None and self._oid_field in batch.column_names:
+            ids = join(lit('"id":'), batch.column(self._oid_field).cast(LSTR).combine_chunks(), lit(",")).fill_null(lit(""))
+        else:
+            ids = lit("")
+        head = ("\x1e" if self._rs else "") if self._seq else ",\n"
+        tail = "}\n" if self._seq else "}"
+        return join(lit(head + '{"type":"Feature",'), ids, lit('"geometry":'), geometry, lit(',"properties":'), properties, lit(tail))
 
     def write(self, batch: FeatureBatch) -> None:
         """Append the batch's features. Raises CapabilityError for a batch not in EPSG:4326."""
         check_batch_crs(self._loader, batch)
         if len(batch) == 0:
             return
-        encoded = _dump_all(self._loader, _features(batch, self._oid_field, self._precision))
-        if self._seq:
-            if self._rs:
-                self._fh.write(b"\x1e" + b"\n\x1e".join(encoded) + b"\n")
-            else:
-                self._fh.write(b"\n".join(encoded) + b"\n")
-        else:
-            if self.stats.features:
-                self._fh.write(b",\n")
-            self._fh.write(b",\n".join(encoded))
-        self.stats.features += len(encoded)
+        text = self.features_text(batch)
+        # The first feature of a FeatureCollection has no "," before it.
+        skip = 1 if not self._seq and self.stats.features == 0 else 0
+        write_text(self._fh, text, skip=skip)
+        self.stats.features += len(batch)
 
 
 class GeoJSONLoader(Loader):
@@ -368,19 +655,16 @@ class GeoJSONLoader(Loader):
         reject_unknown_options(self.name, options, self._options)
         self.precision = validate_precision(self.name, options.get("precision", 7))
 
-    def _header(self, schema: LayerSchema) -> bytes:
-        # "name" is a foreign member (RFC 7946 §6.1); GDAL takes it as the layer name.
-        return b'{"type":"FeatureCollection","name":' + orjson.dumps(schema.name) + b',"features":[\n'
-
     @contextlib.contextmanager
     def open(self, schema: LayerSchema) -> Iterator[GeoJSONWriter]:
         """Write to a temp file beside the target; rename on success, delete on error."""
         self.check(schema)
+        header = b'{"type":"FeatureCollection","name":' + orjson.dumps(schema.name) + b',"features":['
         with atomic_file(self.path, self.overwrite) as tmp, tmp.open("wb", buffering=_WRITE_BUFFER) as fh:
             writer = GeoJSONWriter(fh, schema, loader=self.name, precision=self.precision, seq=False, rs=False)
-            fh.write(self._header(schema))
+            fh.write(header)
             yield writer
-            fh.write(b"\n]}\n")
+            fh.write(b"\n]}\n" if writer.stats.features else b"]}\n")
         writer.stats.outputs.append(self.path)
 
 

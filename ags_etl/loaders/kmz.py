@@ -55,24 +55,30 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import shapely
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import CapabilityError, ConfigError, LoadError
 from ags_etl.loaders.base import WGS84, Loader, LoaderCapabilities, LoadStats, atomic_file
 from ags_etl.loaders.geojson import (
+    LSTR,
     check_batch_crs,
+    decompose_geometries,
     iso_timestamps,
-    orient_right_hand,
+    join,
+    join_runs,
+    lit,
     reject_unknown_options,
+    reorder_parts,
+    scatter,
+    sequence_text,
     validate_precision,
+    write_text,
 )
 from ags_etl.schema import LayerSchema
 
-__all__ = ["KMZLoader", "KMLWriter", "KML_NS", "kml_geometries", "xml_text"]
+__all__ = ["KMZLoader", "KMLWriter", "KML_NS", "kml_geometry_text", "xml_text"]
 
 KML_NS = "http://www.opengis.net/kml/2.2"
-_L = pa.large_string()  # int64 offsets: one batch of big polygons may pass 2 GiB of text
 #: zip entries above this size need ZIP64, which not every KMZ reader supports.
 _ZIP_ENTRY_LIMIT = zipfile.ZIP64_LIMIT
 _WRITE_BUFFER = 1 << 20
@@ -101,29 +107,13 @@ _STYLE_BY_TYPE = pa.array(
         "<styleUrl>#polygon</styleUrl>",  # MultiPolygon
         "<styleUrl>#polygon</styleUrl>",  # GeometryCollection
     ],
-    _L,
+    LSTR,
 )
 #: shapely type id (0 Point, 1 LineString, 2 LinearRing) → element around a coordinate list.
-_OPEN_BY_TYPE = pa.array(["<Point><coordinates>", "<LineString><coordinates>", "<LineString><coordinates>"], _L)
-_CLOSE_BY_TYPE = pa.array(["</coordinates></Point>", "</coordinates></LineString>", "</coordinates></LineString>"], _L)
-
-
-def _s(text: str) -> pa.Scalar:
-    return pa.scalar(text, _L)
-
-
-def _join(*parts: pa.Array | pa.Scalar) -> pa.Array:
-    """Element-wise concatenation (null if any part is null)."""
-    return pc.binary_join_element_wise(*parts, _s(""))
-
-
-def _offsets(counts: np.ndarray) -> pa.Array:
-    return pa.array(np.concatenate(([0], np.cumsum(counts, dtype=np.int64))), pa.int64())
-
-
-def _join_lists(counts: np.ndarray, values: pa.Array, sep: str) -> pa.Array:
-    """Join consecutive runs of ``values`` (run lengths ``counts``) with ``sep``."""
-    return pc.binary_join(pa.LargeListArray.from_arrays(_offsets(counts), values), _s(sep))
+_OPEN_BY_TYPE = pa.array(["<Point><coordinates>", "<LineString><coordinates>", "<LineString><coordinates>"], LSTR)
+_CLOSE_BY_TYPE = pa.array(["</coordinates></Point>", "</coordinates></LineString>", "</coordinates></LineString>"], LSTR)
+_OUTER = ("<outerBoundaryIs><LinearRing><coordinates>", "</coordinates></LinearRing></outerBoundaryIs>")
+_INNER = ("<innerBoundaryIs><LinearRing><coordinates>", "</coordinates></LinearRing></innerBoundaryIs>")
 
 
 # --------------------------------------------------------------------------- text
@@ -140,7 +130,7 @@ def xml_text(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, int]:
     Escapes ``&``, ``<``, ``>`` and ``\\r`` (as ``&#13;``); replaces characters XML 1.0
     cannot hold with U+FFFD. Nulls stay null.
     """
-    text = column.cast(_L)
+    text = column.cast(LSTR)
     if isinstance(text, pa.ChunkedArray):
         text = text.combine_chunks()
     bad = int(pc.sum(pc.match_substring_regex(text, _NOT_XML_RE2)).as_py() or 0)
@@ -153,7 +143,7 @@ def xml_text(column: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, int]:
     return text, bad
 
 
-def _value_text(name: str, column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+def _value_text(name: str, column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Attribute values as strings for ``<value>``; NaN/±Infinity become null."""
     dtype = column.type
     if pa.types.is_dictionary(dtype):
@@ -175,129 +165,44 @@ def _value_text(name: str, column: pa.ChunkedArray) -> pa.Array | pa.ChunkedArra
 # --------------------------------------------------------------------------- geometry
 
 
-def _fixed_text(values: np.ndarray, precision: int) -> pa.Array:
-    """``'%.{precision}f' % v`` for every value, with integer arithmetic and Arrow casts."""
-    scale = 10**precision
-    scaled = np.rint(values * scale)
-    if len(scaled) and not (np.isfinite(scaled).all() and np.abs(scaled).max() < 2.0**62):
-        # Huge Z values (or non-finite ones) do not fit the int64 route.
-        return pa.array([f"{v:.{precision}f}" for v in values.tolist()], _L)
-    fixed = scaled.astype(np.int64)
-    magnitude = np.abs(fixed)
-    text = pa.array(magnitude // scale).cast(_L)
-    if precision:
-        fraction = pc.utf8_lpad(pa.array(magnitude % scale).cast(_L), width=precision, padding="0")
-        text = pc.binary_join_element_wise(text, fraction, _s("."))
-    negative = fixed < 0
-    if negative.any():
-        text = pc.if_else(pa.array(negative), _join(_s("-"), text), text)
-    return text
-
-
-def _coordinate_text(coords: np.ndarray, precision: int) -> pa.Array:
-    """``lon,lat`` or ``lon,lat,z`` per row of ``coords`` (z NaN → 2 values)."""
-    x = _fixed_text(coords[:, 0], precision)
-    y = _fixed_text(coords[:, 1], precision)
-    xy = pc.binary_join_element_wise(x, y, _s(","))
-    if coords.shape[1] < 3:
-        return xy
-    z = coords[:, 2]
-    no_z = np.isnan(z)
-    xyz = pc.binary_join_element_wise(xy, _fixed_text(np.where(no_z, 0.0, z), precision), _s(","))
-    return pc.if_else(pa.array(no_z), xy, xyz) if no_z.any() else xyz
-
-
-def _flatten_collection(geom: shapely.Geometry) -> shapely.Geometry:
-    """A GeometryCollection of the single-part leaves of ``geom`` (nested collections/multis opened)."""
-    leaves: list[shapely.Geometry] = []
-    stack = [geom]
-    while stack:
-        g = stack.pop()
-        if shapely.get_type_id(g) >= 4:
-            stack.extend(reversed(list(shapely.get_parts(g))))
-        elif not g.is_empty:
-            leaves.append(g)
-    return shapely.GeometryCollection(leaves)
-
-
-def kml_geometries(geoms: np.ndarray, precision: int = 7) -> tuple[pa.Array, np.ndarray]:
+def kml_geometry_text(geoms: np.ndarray, precision: int = 7) -> tuple[pa.Array, np.ndarray]:
     """KML geometry elements for a batch and the shapely type id of each row (-1: none).
 
     Returns a large_string array aligned with ``geoms`` (``""`` for missing or empty
     geometries) and the type ids used to pick a style. See the module docstring.
     """
     n = len(geoms)
-    type_ids = shapely.get_type_id(geoms)
-    present = (type_ids >= 0) & ~shapely.is_empty(geoms)
-    type_ids = np.where(present, type_ids, -1)
-    rows = np.flatnonzero(present)
-    if not len(rows):
-        return pa.array([""] * n, _L), type_ids
-    sub = geoms[rows]
-    sub_types = type_ids[rows]
-    if np.isin(sub_types, (3, 6, 7)).any():
-        sub = orient_right_hand(sub)
-    for k in np.flatnonzero(sub_types == 7).tolist():
-        sub[k] = _flatten_collection(sub[k])
+    parts = decompose_geometries(geoms, flatten_collections=True)
+    type_ids = np.full(n, -1, dtype=np.int64)
+    if not len(parts.rows):
+        return pa.array([""] * n, LSTR), type_ids
+    type_ids[parts.rows] = parts.types
+    seq_text = sequence_text(parts.coords, parts.seq_counts, precision, strip=False, between=b" ")
 
-    parts, part_row = shapely.get_parts(sub, return_index=True)  # single types: the geometry itself
-    keep = ~shapely.is_empty(parts)
-    parts, part_row = parts[keep], part_row[keep]
-    part_types = shapely.get_type_id(parts)
-    poly_pos = np.flatnonzero(part_types == 3)
-    other_pos = np.flatnonzero(part_types != 3)
-    rings, ring_poly = shapely.get_rings(parts[poly_pos], return_index=True)
-    sequences = np.concatenate([parts[other_pos], rings])
-    include_z = bool(shapely.has_z(sequences).any())
-    coords, seq_of = shapely.get_coordinates(sequences, include_z=include_z, return_index=True)
-    seq_text = _join_lists(
-        np.bincount(seq_of, minlength=len(sequences)), _coordinate_text(coords, precision), " "
+    other_types = pa.array(parts.part_types[parts.other_pos])
+    other_xml = join(
+        pc.take(_OPEN_BY_TYPE, other_types),
+        seq_text.slice(0, len(parts.other_pos)),
+        pc.take(_CLOSE_BY_TYPE, other_types),
     )
-
-    other_types = pa.array(part_types[other_pos])
-    other_xml = _join(
-        pc.take(_OPEN_BY_TYPE, other_types), seq_text.slice(0, len(other_pos)), pc.take(_CLOSE_BY_TYPE, other_types)
-    )
-    ring_text = seq_text.slice(len(other_pos))
-    ring_counts = np.bincount(ring_poly, minlength=len(poly_pos))
-    outer = np.zeros(len(rings), dtype=bool)
-    outer[np.concatenate(([0], np.cumsum(ring_counts)[:-1]))[ring_counts > 0]] = True
+    ring_text = seq_text.slice(len(parts.other_pos))
+    outer = np.zeros(len(ring_text), dtype=bool)
+    ring_starts = np.concatenate(([0], np.cumsum(parts.ring_counts)[:-1]))
+    outer[ring_starts[parts.ring_counts > 0]] = True
     ring_xml = pc.if_else(
         pa.array(outer),
-        _join(_s("<outerBoundaryIs><LinearRing><coordinates>"), ring_text, _s("</coordinates></LinearRing></outerBoundaryIs>")),
-        _join(_s("<innerBoundaryIs><LinearRing><coordinates>"), ring_text, _s("</coordinates></LinearRing></innerBoundaryIs>")),
+        join(lit(_OUTER[0]), ring_text, lit(_OUTER[1])),
+        join(lit(_INNER[0]), ring_text, lit(_INNER[1])),
     )
-    poly_xml = _join(_s("<Polygon>"), _join_lists(ring_counts, ring_xml, ""), _s("</Polygon>"))
-
-    order = np.concatenate([other_pos, poly_pos])
-    inverse = np.empty(len(order), dtype=np.int64)
-    inverse[order] = np.arange(len(order))
-    part_xml = pc.take(pa.concat_arrays([other_xml, poly_xml]), pa.array(inverse))
-    body = _join_lists(np.bincount(part_row, minlength=len(rows)), part_xml, "")
-    multi = sub_types >= 4
+    poly_xml = join(lit("<Polygon>"), join_runs(parts.ring_counts, ring_xml, ""), lit("</Polygon>"))
+    body = join_runs(parts.part_counts, reorder_parts(parts, other_xml, poly_xml), "")
+    multi = parts.types >= 4
     if multi.any():
-        body = pc.if_else(pa.array(multi), _join(_s("<MultiGeometry>"), body, _s("</MultiGeometry>")), body)
-
-    where = np.full(n, -1, dtype=np.int64)
-    where[rows] = np.arange(len(rows))
-    full = pc.take(body, pa.array(where, mask=where < 0)).fill_null(_s(""))
-    return full, type_ids
+        body = pc.if_else(pa.array(multi), join(lit("<MultiGeometry>"), body, lit("</MultiGeometry>")), body)
+    return scatter(body, parts.rows, n, ""), type_ids
 
 
 # --------------------------------------------------------------------------- writer
-
-
-def _write_text(fh: IO[bytes], text: pa.Array) -> int:
-    """Write the concatenation of a null-free string array straight from its data buffer."""
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
-    if len(text) == 0:
-        return 0
-    _, offsets_buf, data = text.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64 if pa.types.is_large_string(text.type) else np.int32)
-    start, end = int(offsets[text.offset]), int(offsets[text.offset + len(text)])
-    fh.write(memoryview(data)[start:end])
-    return end - start
 
 
 class KMLWriter:
@@ -333,40 +238,38 @@ class KMLWriter:
 
     def _placemarks(self, batch: FeatureBatch) -> pa.Array:
         n = len(batch)
-        row_numbers = pa.array(np.arange(self.stats.features + 1, self.stats.features + n + 1)).cast(_L)
-        row_ids = _join(_s("row"), row_numbers)
+        row_numbers = pa.array(np.arange(self.stats.features + 1, self.stats.features + n + 1)).cast(LSTR)
+        row_ids = join(lit("row"), row_numbers)
         if self._oid_field is not None and self._oid_field in batch.column_names:
-            oid_text = batch.column(self._oid_field).cast(_L).combine_chunks()
-            ids = pc.if_else(pc.is_null(oid_text), row_ids, _join(_s("f"), oid_text.fill_null(_s(""))))
+            oid_text = batch.column(self._oid_field).cast(LSTR).combine_chunks()
+            ids = pc.if_else(pc.is_null(oid_text), row_ids, join(lit("f"), oid_text.fill_null(lit(""))))
         else:
             ids = row_ids
 
-        if self._name_field is not None and self._name_field in batch.column_names:
-            name_text, bad = xml_text(_value_text(self._name_field, batch.column(self._name_field)))
-            self._repaired += bad
-            names = _join(_s("<name>"), name_text, _s("</name>")).fill_null(_s(""))
-        else:
-            names = _s("")
-
+        escaped: dict[str, pa.Array] = {}
         data_elements = []
         for field in batch.column_names:
-            text, bad = xml_text(_value_text(field, batch.column(field)))
+            text, bad = xml_text(_value_text(field, batch.column(field).combine_chunks()))
             self._repaired += bad
-            data_elements.append(_join(_s(self._data_prefix(field)), text, _s("</value></Data>")).fill_null(_s("")))
+            escaped[field] = text
+            data_elements.append(join(lit(self._data_prefix(field)), text, lit("</value></Data>")).fill_null(lit("")))
+        names: pa.Array | pa.Scalar = lit("")
+        if self._name_field is not None and self._name_field in escaped:
+            names = join(lit("<name>"), escaped[self._name_field], lit("</name>")).fill_null(lit(""))
+        extended: pa.Array | pa.Scalar = lit("")
         if data_elements:
-            body = _join(*data_elements) if len(data_elements) > 1 else data_elements[0]
+            body = join(*data_elements) if len(data_elements) > 1 else data_elements[0]
             extended = pc.if_else(
-                pc.equal(body, _s("")), _s(""), _join(_s("<ExtendedData>"), body, _s("</ExtendedData>"))
+                pc.equal(body, lit("")), lit(""), join(lit("<ExtendedData>"), body, lit("</ExtendedData>"))
             )
-        else:
-            extended = _s("")
 
+        geometry: pa.Array | pa.Scalar
         if batch.geometry is None:
-            geometry, type_ids = _s(""), np.full(n, -1)
+            geometry, type_ids = lit(""), np.full(n, -1, dtype=np.int64)
         else:
-            geometry, type_ids = kml_geometries(batch.geometry, self._precision)
+            geometry, type_ids = kml_geometry_text(batch.geometry, self._precision)
         styles = pc.take(_STYLE_BY_TYPE, pa.array(type_ids + 1))
-        return _join(_s('<Placemark id="'), ids, _s('">'), names, styles, extended, geometry, _s("</Placemark>\n"))
+        return join(lit('<Placemark id="'), ids, lit('">'), names, styles, extended, geometry, lit("</Placemark>\n"))
 
     def write(self, batch: FeatureBatch) -> None:
         """Append the batch as Placemarks. Raises CapabilityError for a batch not in EPSG:4326."""
@@ -382,7 +285,7 @@ class KMLWriter:
                     f"a larger zip entry needs ZIP64, which many KMZ readers cannot open. Write a plain .kml, "
                     f"GeoJSON or GeoParquet, or filter the layer (where/bbox)"
                 )
-        self._written += _write_text(self._fh, text)
+        self._written += write_text(self._fh, text)
         self.stats.features += len(batch)
 
     def finish(self) -> None:

@@ -25,6 +25,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -157,9 +158,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("GET", b"")
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
         if length < 0 or length > MAX_BODY_BYTES:
-            self._send(Response(413, json_bytes(RestError(413, "Request body too large", []).body())))
+            err = RestError(413, f"Request body must have a Content-Length of at most {MAX_BODY_BYTES} bytes", [])
+            self._send(Response(413, json_bytes(err.body())))
             self.close_connection = True
             return
         body = self.rfile.read(length) if length else b""
@@ -222,6 +227,14 @@ class _HTTPServer(ThreadingHTTPServer):
         self.app = app
         self.display_host = f"[{address[0]}]" if ":" in address[0] else address[0]
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer is routine; anything else is logged (without request data)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("connection from %s dropped: %s", client_address[0], type(exc).__name__)
+            return
+        log.error("error serving %s: %s\n%s", client_address[0], exc, traceback.format_exc())
 
 
 def load_stores(directory: Path, workdir: Path) -> list[LayerStore]:

@@ -113,10 +113,6 @@ class Params:
         except orjson.JSONDecodeError as exc:
             raise invalid_parameter(name, f"not valid JSON ({exc})") from exc
 
-    def redacted_keys(self) -> list[str]:
-        """Parameter names present (never values): safe for logs."""
-        return sorted(self._values)
-
 
 def json_bytes(obj: Any, *, pretty: bool = False) -> bytes:
     """Serialise a response body with orjson (``pretty`` for ``f=pjson``)."""

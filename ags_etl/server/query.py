@@ -37,6 +37,7 @@ from ags_etl.arcgis.esrijson import decode_geometry, encode_geometry
 from ags_etl.errors import GeometryError
 from ags_etl.schema import Field
 from ags_etl.server import spatialref, where as where_sql
+from ags_etl.server.metadata import geometry_field_name
 from ags_etl.server.options import ServerOptions
 from ags_etl.server.protocol import QUERY_FAILED, Params, RestError, invalid_parameter, json_bytes
 from ags_etl.server.spatialref import SpatialRef
@@ -56,6 +57,8 @@ from ags_etl.server.storage import (
 FORMATS = ("json", "pjson", "geojson")
 _STATISTIC_TYPES = {"count": "count", "sum": "sum", "min": "min", "max": "max", "avg": "avg"}
 _WGS84 = 4326
+#: Above this estimated share of the layer, the envelope prefilter scans instead of using the index.
+_INDEX_SHARE = 0.2
 JSON_TYPE = "application/json; charset=utf-8"
 GEOJSON_TYPE = "application/geo+json; charset=utf-8"
 
@@ -126,8 +129,6 @@ def _field_list(store: LayerStore, value: str, param: str) -> list[Field]:
 
 def _out_fields(store: LayerStore, params: Params) -> list[Field]:
     """Requested fields, OID always first; ``*`` means all. The geometry field name is accepted and skipped."""
-    from ags_etl.server.metadata import geometry_field_name
-
     value = params.text("outFields", "")
     names = [n.strip() for n in value.split(",") if n.strip()]
     if "*" in names:
@@ -356,8 +357,11 @@ def _conditions(store: LayerStore, req: QueryRequest) -> tuple[str, list[Any]]:
         # most max_width before it (margin for rounding in the subtraction).
         strip = xmin - store.max_width
         strip -= 1e-9 * (abs(strip) + store.max_width) + 1e-300
+        # A strip holding much of the layer is cheaper to test row by row in OID order
+        # (pages stop early) than to read from the index and sort: unary + hides the index.
+        use_index = "" if store.strip_share(strip, xmax) <= _INDEX_SHARE else "+"
         parts.append(
-            f"{quote(XMIN)} >= ? AND {quote(XMIN)} <= ? AND {quote(XMAX)} >= ? "
+            f"{use_index}{quote(XMIN)} >= ? AND {use_index}{quote(XMIN)} <= ? AND {quote(XMAX)} >= ? "
             f"AND {quote(YMIN)} <= ? AND {quote(YMAX)} >= ?"
         )
         args += [strip, xmax, xmin, ymax, ymin]
@@ -434,6 +438,28 @@ def _geometries(store: LayerStore, req: QueryRequest, rows: list[tuple[Any, ...]
     return spatialref.transform_geometries(geoms, src, target, include_z=req.return_z)
 
 
+def encode_esri(geoms: np.ndarray, geometry_type: str | None, has_z: bool) -> list[dict[str, Any] | None]:
+    """A page of geometries → Esri JSON (None for null), as ``esrijson.encode_geometry`` writes them.
+
+    Points take a vectorised path (a third of the page time otherwise); the
+    result is the same.
+    """
+    if geometry_type == "esriGeometryPoint" and len(geoms):
+        present = shapely.is_geometry(geoms) & ~shapely.is_empty(geoms)
+        geoms = geoms.copy()
+        geoms[~present] = None  # GEOS refuses getX on an empty point
+        xs, ys = shapely.get_x(geoms).tolist(), shapely.get_y(geoms).tolist()
+        if has_z:
+            zs = shapely.get_z(geoms).tolist()
+            with_z = shapely.has_z(geoms).tolist()
+            return [
+                None if not ok else ({"x": x, "y": y, "z": z} if hz else {"x": x, "y": y})
+                for ok, x, y, z, hz in zip(present.tolist(), xs, ys, zs, with_z)
+            ]
+        return [{"x": x, "y": y} if ok else None for ok, x, y in zip(present.tolist(), xs, ys)]
+    return [encode_geometry(g, has_z=has_z) for g in geoms]
+
+
 def _response_fields(fields: list[Field]) -> list[dict[str, Any]]:
     out = []
     for f in fields:
@@ -460,13 +486,12 @@ def _esri_answer(store: LayerStore, req: QueryRequest, rows: list[tuple[Any, ...
     body["fields"] = _response_fields(req.out_fields)
     n = len(names)
     if req.return_geometry:
-        geoms = _geometries(store, req, rows, target)
+        encoded = encode_esri(_geometries(store, req, rows, target), store.geometry_type, req.return_z)
         features = []
-        for row, geom in zip(rows, geoms):
+        for row, geometry in zip(rows, encoded):
             feature: dict[str, Any] = {"attributes": dict(zip(names, row[:n]))}
-            encoded = encode_geometry(geom, has_z=req.return_z)
-            if encoded is not None:
-                feature["geometry"] = encoded
+            if geometry is not None:
+                feature["geometry"] = geometry
             features.append(feature)
     else:
         features = [{"attributes": dict(zip(names, row))} for row in rows]
@@ -514,7 +539,7 @@ def _extent_answer(store: LayerStore, reader: Reader, req: QueryRequest, where: 
         if xmin is None:
             body["extent"] = {"xmin": None, "ymin": None, "xmax": None, "ymax": None, "spatialReference": sr}
         else:
-            box = (xmin, ymin, xmax, ymax)
+            box: tuple[float, ...] = (xmin, ymin, xmax, ymax)
             if target is not None and store.spatial_ref is not None:
                 box = spatialref.transform_bounds(box, store.spatial_ref, target)
             body["extent"] = dict(zip(("xmin", "ymin", "xmax", "ymax"), box), spatialReference=sr)

@@ -40,6 +40,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
+from fiona.errors import FionaError
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
@@ -124,17 +125,14 @@ def read_source(path: Path, name: str | None = None) -> SourceLayer:
     name = name or service_name(path)
     try:
         if path.suffix.lower() == ".parquet":
-            columns, geoms, crs, geo_column = _read_parquet(path)
+            columns, geoms, crs = _read_parquet(path)
         else:
             columns, geoms, crs = _read_ogr(path)
     except ConfigError:
         raise
-    except (OSError, ValueError, pa.ArrowException, CRSError) as exc:
+    # GDAL errors arrive as FionaError/ValueError (fiona) or RuntimeError subclasses (pyogrio).
+    except (OSError, ValueError, RuntimeError, FionaError, pa.ArrowException, CRSError) as exc:
         raise ConfigError(f"cannot read {str(path)!r}: {exc}; fix or remove the file") from exc
-    except Exception as exc:  # fiona/GDAL raise their own families (DriverError, CPLE_*): report the file
-        if type(exc).__module__.split(".")[0] in ("fiona", "pyogrio"):
-            raise ConfigError(f"cannot read {str(path)!r}: {exc}; fix or remove the file") from exc
-        raise
     return _build(name, path, columns, geoms, crs)
 
 
@@ -198,8 +196,9 @@ def _read_ogr(path: Path) -> tuple[list[Column], np.ndarray | None, CRS | None]:
                 values[i].append(props.get(fname))
             raw_geoms.append(feature.geometry)
     columns = [Column(n, k, _python_values(v, k), w) for (n, k, w), v in zip(declared, values)]
-    geoms = _fiona_geometries(raw_geoms) if has_geometry_column or any(g is not None for g in raw_geoms) else None
-    return columns, geoms, crs
+    has_any = has_geometry_column or any(g is not None for g in raw_geoms)
+    fiona_geoms = _fiona_geometries(raw_geoms) if has_any else None
+    return columns, fiona_geoms, crs
 
 
 def _pyogrio_table(path: Path, names: list[str]) -> tuple[pa.Table, np.ndarray] | None:
@@ -245,7 +244,7 @@ def _fiona_geometries(raw: list[Any]) -> np.ndarray:
 # --------------------------------------------------------------------------- GeoParquet
 
 
-def _read_parquet(path: Path) -> tuple[list[Column], np.ndarray | None, CRS | None, str | None]:
+def _read_parquet(path: Path) -> tuple[list[Column], np.ndarray | None, CRS | None]:
     table = pq.read_table(path)
     metadata = table.schema.metadata or {}
     geo_raw = metadata.get(b"geo")
@@ -289,7 +288,7 @@ def _read_parquet(path: Path) -> tuple[list[Column], np.ndarray | None, CRS | No
             log.warning("%s: column %r of type %s is not served (no Esri equivalent)", path.name, fname, col.type)
             continue
         columns.append(Column(fname, kind, _arrow_values(col, kind)))
-    return columns, geoms, crs, geo_column
+    return columns, geoms, crs
 
 
 def _arrow_kind(dtype: pa.DataType) -> str | None:

@@ -19,7 +19,7 @@ import orjson
 import shapely
 from pyproj import CRS, Transformer
 from pyproj.enums import WktVersion
-from pyproj.exceptions import CRSError
+from pyproj.exceptions import CRSError, ProjError
 
 from ags_etl.server.protocol import RestError, invalid_parameter
 
@@ -158,16 +158,19 @@ def transform_geometries(geoms: np.ndarray, src: SpatialRef, dst: SpatialRef, *,
         x, y = tr.transform(coords[:, 0], coords[:, 1])
         return np.column_stack([x, y])
 
-    out = shapely.transform(geoms, project, include_z=include_z)
-    return out
+    try:
+        return shapely.transform(geoms, project, include_z=include_z)
+    except (ProjError, ValueError) as exc:
+        raise RestError(400, "Unable to complete operation.", [f"cannot project to {dst.esri}: {exc}"]) from exc
 
 
-def transform_bounds(bounds: tuple[float, float, float, float], src: SpatialRef, dst: SpatialRef) -> tuple[float, ...]:
+def transform_bounds(bounds: tuple[float, ...], src: SpatialRef, dst: SpatialRef) -> tuple[float, ...]:
     """An envelope in ``src`` → the envelope (densified edges) that holds it in ``dst``."""
     if src.key == dst.key:
         return bounds
     try:
-        result = transformer(src, dst).transform_bounds(*bounds, densify_pts=21)
-    except Exception as exc:  # pyproj raises ProjError/ValueError families; report any as a bad SR
+        xmin, ymin, xmax, ymax = bounds
+        result = transformer(src, dst).transform_bounds(xmin, ymin, xmax, ymax, densify_pts=21)
+    except (ProjError, ValueError) as exc:
         raise RestError(400, "Unable to complete operation.", [f"cannot project extent to {dst.esri}: {exc}"]) from exc
     return tuple(float(v) for v in result)

@@ -103,6 +103,8 @@ class LayerStore:
     extent: tuple[float, float, float, float] | None
     #: Widest feature envelope (xmax - xmin) of the layer: the strip width of the prefilter.
     max_width: float
+    #: Up to 1025 quantiles of the envelopes' xmin, to guess how much of the layer a strip holds.
+    xmin_quantiles: np.ndarray
     source_file: str
     _pool: list[Reader] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -142,12 +144,14 @@ class LayerStore:
             conn.close()
         extent: tuple[float, float, float, float] | None = None
         max_width = 0.0
+        quantiles = np.empty(0)
         if geoms is not None:
             present = ~np.isnan(bounds[:, 0])
             if present.any():
                 b = bounds[present]
                 extent = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
                 max_width = float((b[:, 2] - b[:, 0]).max())
+                quantiles = np.quantile(b[:, 0], np.linspace(0.0, 1.0, min(len(b), 1025)))
         return cls(
             name=source.name,
             path=path,
@@ -159,8 +163,17 @@ class LayerStore:
             count=n,
             extent=extent,
             max_width=max_width,
+            xmin_quantiles=quantiles,
             source_file=source.path.name,
         )
+
+    def strip_share(self, low: float, high: float) -> float:
+        """Estimated share (0..1) of the geometries whose envelope xmin lies in [low, high]."""
+        q = self.xmin_quantiles
+        if len(q) == 0:
+            return 0.0
+        inside = np.searchsorted(q, high, side="right") - np.searchsorted(q, low, side="left")
+        return float(inside) / len(q)
 
     # ------------------------------------------------------------------ fields
 

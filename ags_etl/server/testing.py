@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 _READY = re.compile(r"listening on (http://\S+?)/arcgis/rest/services")
 
@@ -56,13 +57,13 @@ def run_server(
             proc.stdout.close()
 
 
-def _stderr_text(stderr: "tempfile._TemporaryFileWrapper[bytes]") -> str:  # type: ignore[name-defined]
+def _stderr_text(stderr: IO[bytes]) -> str:
     stderr.flush()
     stderr.seek(0)
     return stderr.read().decode("utf-8", "replace")[-4000:]
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], stderr: "tempfile._TemporaryFileWrapper[bytes]", timeout: float) -> str:  # type: ignore[name-defined]
+def _wait_ready(proc: subprocess.Popen[bytes], stderr: IO[bytes], timeout: float) -> str:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     buffer = b""

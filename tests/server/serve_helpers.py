@@ -78,9 +78,10 @@ def write_polygons(path: Path) -> Path:
     return write_geojson(
         path,
         [
-            feature({"OBJECTID": 1, "kind": "holed"}, HOLED),
-            feature({"OBJECTID": 2, "kind": "multi"}, MULTI),
-            feature({"OBJECTID": 3, "kind": "plain"}, PLAIN),
+            # "stamp" has no time zone (read as UTC); "day" is a date without time
+            feature({"OBJECTID": 1, "kind": "holed", "stamp": "1955-07-04T10:00:00", "day": "1969-07-20"}, HOLED),
+            feature({"OBJECTID": 2, "kind": "multi", "stamp": None, "day": None}, MULTI),
+            feature({"OBJECTID": 3, "kind": "plain", "stamp": "2001-09-09T01:46:40", "day": "1970-01-02"}, PLAIN),
         ],
     )
 
@@ -97,17 +98,20 @@ def write_count_layer(path: Path, n: int) -> Path:
 
 
 def write_shapefile(path: Path, epsg: int) -> Path:
-    schema = {"geometry": "Polygon", "properties": {"NAME": "str:20", "AREA": "float", "CODE": "int"}}
+    schema = {"geometry": "Polygon", "properties": {"NAME": "str:20", "AREA": "float", "CODE": "int", "SURVEYED": "date"}}
     with fiona.open(path, "w", driver="ESRI Shapefile", schema=schema, crs=f"EPSG:{epsg}") as dst:
         for i in range(3):
             x0 = 500000 + i * 1000
             ring = [(x0, 5000000), (x0 + 500, 5000000), (x0 + 500, 5000500), (x0, 5000500), (x0, 5000000)]
             dst.write({"geometry": {"type": "Polygon", "coordinates": [ring]},
-                       "properties": {"NAME": f"lot {i}", "AREA": 250000.0, "CODE": i}})
+                       "properties": {"NAME": f"lot {i}", "AREA": 250000.0, "CODE": i,
+                                      "SURVEYED": None if i == 2 else f"19{50 + i * 30}-03-0{i + 1}"}})
     return path
 
 
-def write_geoparquet(path: Path, crs: CRS | None, with_geo: bool = True) -> Path:
+def write_geoparquet(path: Path, crs: CRS | None, with_geo: bool = True, unknown_crs: bool = False) -> Path:
+    """Three rows (the last without geometry). ``crs`` None omits the key (= OGC:CRS84);
+    ``unknown_crs`` writes ``"crs": null`` (CRS unknown)."""
     geoms = [shapely.Point(1, 2), shapely.Point(3, 4), None]
     table = pa.table(
         {
@@ -125,6 +129,8 @@ def write_geoparquet(path: Path, crs: CRS | None, with_geo: bool = True) -> Path
         column: dict[str, Any] = {"encoding": "WKB", "geometry_types": ["Point"]}
         if crs is not None:
             column["crs"] = crs.to_json_dict()
+        if unknown_crs:
+            column["crs"] = None
         geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column}}
         table = table.replace_schema_metadata({b"geo": json.dumps(geo).encode()})
     else:

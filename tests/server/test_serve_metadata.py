@@ -116,6 +116,19 @@ def test_shapefile_fields_keep_declared_widths(server: str) -> None:
     assert fields["NAME"]["length"] == 20
     assert fields["AREA"]["type"] == "esriFieldTypeDouble"
     assert fields["CODE"]["type"] == "esriFieldTypeInteger"
+    assert fields["SURVEYED"]["type"] == "esriFieldTypeDate"
+
+
+def test_dates_without_time_zone_or_time(server: str) -> None:
+    """Naive timestamps are UTC; date-only values are midnight UTC; shapefile D fields too."""
+    polygons = get_json(layer_url(server, "polygons") + "/query", where="1=1", outFields="stamp,day")
+    assert [f["attributes"] for f in polygons["features"]] == [
+        {"OBJECTID": 1, "stamp": -457_452_000_000, "day": -14256000000},
+        {"OBJECTID": 2, "stamp": None, "day": None},
+        {"OBJECTID": 3, "stamp": 1_000_000_000_000, "day": 86_400_000},
+    ]
+    lots = get_json(layer_url(server, "lots_utm") + "/query", where="1=1", outFields="SURVEYED")
+    assert [f["attributes"]["SURVEYED"] for f in lots["features"]] == [-626_054_400_000, 320_803_200_000, None]
 
 
 def test_geoparquet_field_types(server: str) -> None:

@@ -261,9 +261,9 @@ def test_esri_polygon_rings_are_clockwise_with_counter_clockwise_holes(server: s
     assert len(holed) == 2 and len(multi) == 3
     assert [_signed_area(r) for r in holed] == [-1.0, 1.0]  # exterior CW, hole CCW
     assert sorted(_signed_area(r) for r in multi) == [-1.0, -1.0, 1.0]
-    assert decode_geometry(by_kind["holed"]).normalize().equals(HOLED.normalize())
-    assert decode_geometry(by_kind["multi"]).normalize().equals(MULTI.normalize())
-    assert decode_geometry(by_kind["plain"]).normalize().equals(PLAIN.normalize())
+    for kind, original in (("holed", HOLED), ("multi", MULTI), ("plain", PLAIN)):
+        decoded = decode_geometry(by_kind[kind])
+        assert decoded is not None and decoded.normalize().equals(original.normalize()), kind
 
 
 def test_out_sr_reprojects_points(server: str) -> None:
@@ -310,7 +310,7 @@ def test_geojson_output(server: str) -> None:
     feats = {f["id"]: f for f in body["features"]}
     assert sorted(feats) == [1, 2, 3]
     assert feats[1]["type"] == "Feature"
-    assert feats[1]["properties"] == {"OBJECTID": 1, "kind": "holed"}
+    assert feats[1]["properties"] == {"OBJECTID": 1, "kind": "holed", "stamp": -457_452_000_000, "day": -14_256_000_000}
     holed = feats[1]["geometry"]["coordinates"]
     # RFC 7946: exterior counter-clockwise, holes clockwise
     assert shapely.LinearRing(holed[0]).is_ccw and not shapely.LinearRing(holed[1]).is_ccw
@@ -392,3 +392,19 @@ def test_return_extent_only(server: str) -> None:
     extent = body["extent"]
     assert (extent["xmin"], extent["ymin"], extent["xmax"], extent["ymax"]) == (8.54, -33.87, 151.2, 47.37)
     assert extent["spatialReference"] == {"wkid": 4326, "latestWkid": 4326}
+
+
+@pytest.mark.parametrize("has_z", [False, True])
+def test_point_fast_path_matches_esrijson_encoder(has_z: bool) -> None:
+    import numpy as np
+
+    from ags_etl.arcgis.esrijson import encode_geometry
+    from ags_etl.server.query import encode_esri
+
+    geoms = np.array(
+        [shapely.Point(0, 0), None, shapely.Point(1.5, -2.25, 7.0), shapely.Point(-180, 90), shapely.Point()],
+        dtype=object,
+    )
+    expected = [encode_geometry(g, has_z=has_z) for g in geoms]
+    assert encode_esri(geoms, "esriGeometryPoint", has_z) == expected
+    assert expected[0] == {"x": 0.0, "y": 0.0} and expected[1] is None and expected[4] is None

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import shapely
-from serve_helpers import feature, get_json, layer_url, write_geojson
+from serve_helpers import feature, get_json, layer_url, write_geojson, write_geoparquet
 
 from ags_etl.errors import ConfigError
 from ags_etl.server import where
@@ -40,6 +40,7 @@ def odd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             feature({"objectid": 9, "my field": "y", "1st": 2}, shapely.MultiLineString([[(2, 2), (3, 3)], [(4, 4), (5, 6)]])),
         ],
     )
+    write_geoparquet(d / "unknown_crs.parquet", None, unknown_crs=True)
     write_geojson(d / "a-b.geojson", [feature({"v": 1}, shapely.Point(0, 0))])
     write_geojson(d / "a_b.geojson", [feature({"v": 2}, shapely.Point(0, 0))])
     return d
@@ -59,7 +60,7 @@ def _query(base: str, name: str, **params: Any) -> Any:
 
 def test_service_names(odd_server: str) -> None:
     names = [s["name"] for s in get_json(f"{odd_server}/arcgis/rest/services")["services"]]
-    assert names == ["a_b", "a_b_2", "dup_oid", "lines", "mixed_multi", "z_points"]
+    assert names == ["a_b", "a_b_2", "dup_oid", "lines", "mixed_multi", "unknown_crs", "z_points"]
     assert service_name(Path("my-data set.v2.geojson")) == "my_data_set_v2"
 
 
@@ -98,6 +99,15 @@ def test_lowercase_objectid_and_sanitised_field_names(odd_server: str) -> None:
     body = _query(odd_server, "lines", where="my_field = 'y' AND F_1st = 2")
     assert body["features"][0]["attributes"] == {"objectid": 9, "my_field": "y", "F_1st": 2}
     assert body["features"][0]["geometry"] == {"paths": [[[2.0, 2.0], [3.0, 3.0]], [[4.0, 4.0], [5.0, 6.0]]]}
+
+
+def test_unknown_crs_is_served_without_a_spatial_reference(odd_server: str) -> None:
+    layer = get_json(layer_url(odd_server, "unknown_crs"))
+    assert layer["extent"]["spatialReference"] == {}
+    body = _query(odd_server, "unknown_crs", geometry="0,0,2,3")
+    assert [f["geometry"] for f in body["features"]] == [{"x": 1.0, "y": 2.0}]
+    refused = _query(odd_server, "unknown_crs", outSR="4326")
+    assert refused["error"]["code"] == 400  # nothing to project from
 
 
 def test_all_null_geometries_make_a_table(tmp_path: Path) -> None:

@@ -1,0 +1,294 @@
+"""GeoParquet 1.1 loader (pyarrow).
+
+Layout of the file (details and the type table in ``docs/type-mapping.md``):
+
+* one column per attribute field, with the Arrow type the schema gives it
+  (:mod:`ags_etl.arcgis.fields`; Esri dates stay ``timestamp[ms, tz=UTC]``);
+* ``geometry``: the geometry as ISO WKB (``shapely.to_wkb(flavor="iso")``), null for a
+  missing geometry;
+* ``bbox``: the bounding-box covering column, a struct ``{xmin, ymin, xmax, ymax}`` of
+  float64, null for missing or empty geometries;
+* the file metadata key ``geo`` (GeoParquet 1.1.0): ``primary_column`` "geometry",
+  ``encoding`` "WKB", ``geometry_types`` — the distinct types actually written, " Z"
+  suffixed for 3D, sorted —, ``crs`` as PROJJSON (written explicitly even for EPSG:4326;
+  JSON null when the layer's CRS is unknown), ``bbox`` over all features (left out when no
+  feature has a geometry), and ``covering.bbox`` pointing at the struct column.
+
+Coordinates are x/y (easting/longitude first), as the spec requires whatever the
+CRS's axis order. If an attribute is itself called ``geometry`` or ``bbox``, the
+geometry/covering column gets a ``_1`` (``_2`` …) suffix and a warning says so.
+
+Streaming: batches are converted as they arrive and buffered until ``row_group_size``
+rows (option, default 65,536), then written as one row group by a
+:class:`pyarrow.parquet.ParquetWriter` (zstd). ``geo`` is added with
+``add_key_value_metadata`` just before the writer closes, because bbox and types are
+known only then; it therefore sits in the Parquet footer only (geopandas, GDAL and
+geoparquet-validator read it from there). Memory is bounded by one row group plus one
+batch.
+
+Tables (a schema without geometry) are written as plain Parquet: attribute columns only,
+no ``geo`` metadata.
+
+Atomic: the file is written to a hidden temp file beside the target and renamed onto it
+when the with-block ends without error (:func:`~ags_etl.loaders.base.atomic_file`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+from pyproj import CRS
+
+from ags_etl.batch import FeatureBatch
+from ags_etl.errors import ConfigError, LoadError
+from ags_etl.loaders.base import Loader, LoaderCapabilities, LoadStats, atomic_file
+from ags_etl.schema import LayerSchema
+
+__all__ = ["GeoParquetLoader", "GEOPARQUET_VERSION", "DEFAULT_ROW_GROUP_SIZE"]
+
+GEOPARQUET_VERSION = "1.1.0"
+DEFAULT_ROW_GROUP_SIZE = 65_536
+COMPRESSION = "zstd"
+
+#: shapely type id → GeoParquet geometry type name (a LinearRing is written as a LineString).
+_TYPE_NAMES = {
+    0: "Point",
+    1: "LineString",
+    2: "LineString",
+    3: "Polygon",
+    4: "MultiPoint",
+    5: "MultiLineString",
+    6: "MultiPolygon",
+    7: "GeometryCollection",
+}
+_BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
+_BBOX_TYPE = pa.struct([pa.field(name, pa.float64(), nullable=False) for name in _BBOX_FIELDS])
+
+
+def _free_name(base: str, taken: set[str]) -> str:
+    if base not in taken:
+        return base
+    k = 1
+    while f"{base}_{k}" in taken:
+        k += 1
+    return f"{base}_{k}"
+
+
+class _GeoParquetWriter:
+    """Converts batches to Arrow, buffers up to one row group, tracks bbox and types."""
+
+    def __init__(self, schema: LayerSchema, path: Path, row_group_size: int, stats: LoadStats) -> None:
+        self.stats = stats
+        self._layer = schema.name
+        self._crs = schema.crs
+        self._crs_checked: CRS | None = schema.crs
+        self._row_group_size = row_group_size
+        self._attr_schema = schema.arrow_schema()
+        self._has_geometry = schema.geometry_type is not None
+        taken = set(self._attr_schema.names)
+        self.geometry_column = _free_name("geometry", taken)
+        self.bbox_column = _free_name("bbox", taken | {self.geometry_column})
+        fields = list(self._attr_schema)
+        if self._has_geometry:
+            for wanted, got in (("geometry", self.geometry_column), ("bbox", self.bbox_column)):
+                if wanted != got:
+                    stats.warnings.append(
+                        f"geoparquet: layer {schema.name!r} has an attribute named {wanted!r}, so the "
+                        f"{wanted} column is called {got!r}"
+                    )
+            fields += [pa.field(self.geometry_column, pa.binary()), pa.field(self.bbox_column, _BBOX_TYPE)]
+        self._file_schema = pa.schema(fields)
+        self._buffer: list[pa.Table] = []
+        self._buffered = 0
+        self._types: set[str] = set()
+        self._bounds = [math.inf, math.inf, -math.inf, -math.inf]
+        try:
+            self._writer = pq.ParquetWriter(path, self._file_schema, compression=COMPRESSION)
+        except (OSError, pa.ArrowException) as exc:
+            raise LoadError(f"geoparquet: cannot create {str(path)!r}: {exc}") from exc
+
+    # ---------------------------------------------------------------- public
+
+    def write(self, batch: FeatureBatch) -> None:
+        """Convert ``batch`` and buffer it; full row groups are written at once."""
+        self._check_crs(batch)
+        if len(batch) == 0:
+            return
+        table = self._attributes(batch)
+        if self._has_geometry:
+            if batch.geometry is None:
+                raise LoadError(
+                    f"geoparquet: a batch of layer {self._layer!r} has no geometry array, but the schema "
+                    "declares geometries; keep the geometry through the transforms"
+                )
+            wkb, bbox = self._geometry_columns(batch.geometry)
+            table = table.append_column(self._file_schema.field(self.geometry_column), wkb)
+            table = table.append_column(self._file_schema.field(self.bbox_column), bbox)
+        self._buffer.append(table)
+        self._buffered += table.num_rows
+        self.stats.features += table.num_rows
+        if self._buffered >= self._row_group_size:
+            self._flush(final=False)
+
+    def geo_metadata(self) -> dict[str, Any]:
+        """The ``geo`` metadata for what was written so far."""
+        column: dict[str, Any] = {
+            "encoding": "WKB",
+            "geometry_types": sorted(self._types, key=_type_order),
+            "crs": None if self._crs is None else self._crs.to_json_dict(),
+            "covering": {"bbox": {name: [self.bbox_column, name] for name in _BBOX_FIELDS}},
+        }
+        if self._bounds[0] <= self._bounds[2]:
+            column["bbox"] = list(self._bounds)
+        return {"version": GEOPARQUET_VERSION, "primary_column": self.geometry_column, "columns": {self.geometry_column: column}}
+
+    def close(self) -> None:
+        """Write the last row group and the ``geo`` metadata, then the footer."""
+        self._flush(final=True)
+        if self._has_geometry:
+            self._writer.add_key_value_metadata({"geo": json.dumps(self.geo_metadata(), separators=(",", ":"))})
+        self._writer.close()
+
+    def abort(self) -> None:
+        """Release the file after a failure (the temp file is deleted by atomic_file)."""
+        self._buffer.clear()
+        with contextlib.suppress(OSError, pa.ArrowException):
+            self._writer.close()
+
+    # ---------------------------------------------------------------- internals
+
+    def _flush(self, *, final: bool) -> None:
+        if not self._buffered:
+            return
+        table = pa.concat_tables(self._buffer)
+        size = self._row_group_size
+        start = 0
+        while table.num_rows - start >= size or (final and start < table.num_rows):
+            chunk = table.slice(start, size)
+            self._writer.write_table(chunk, row_group_size=size)
+            start += chunk.num_rows
+        rest = table.slice(start)
+        self._buffer = [rest] if rest.num_rows else []
+        self._buffered = rest.num_rows
+
+    def _check_crs(self, batch: FeatureBatch) -> None:
+        if not self._has_geometry or batch.crs is self._crs_checked:
+            return
+        same = (
+            batch.crs is not None
+            and self._crs is not None
+            and (batch.crs == self._crs or batch.crs.equals(self._crs, ignore_axis_order=True))
+        ) or (batch.crs is None and self._crs is None)
+        if not same:
+            from ags_etl.crs import describe_crs
+
+            raise LoadError(
+                f"geoparquet: a batch is in {describe_crs(batch.crs)} but layer {self._layer!r} was opened for "
+                f"{describe_crs(self._crs)}; reproject every batch to the schema's CRS before the loader"
+            )
+        self._crs_checked = batch.crs
+
+    def _attributes(self, batch: FeatureBatch) -> pa.Table:
+        table = batch.attributes
+        names = self._attr_schema.names
+        missing = [n for n in names if n not in table.column_names]
+        if missing:
+            raise LoadError(
+                f"geoparquet: batch has no column(s) {missing} declared by the schema of layer {self._layer!r}; "
+                f"the batch columns are {table.column_names}"
+            )
+        table = table.select(names)
+        if not table.schema.equals(self._attr_schema, check_metadata=False):
+            try:
+                table = table.cast(self._attr_schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise LoadError(
+                    f"geoparquet: batch columns {table.schema.types} cannot be cast to the schema's "
+                    f"{self._attr_schema.types}: {exc}; fix the transform that produced them"
+                ) from exc
+        return table.replace_schema_metadata(None)
+
+    def _geometry_columns(self, geoms: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        wkb = pa.array(shapely.to_wkb(geoms, flavor="iso"), type=pa.binary())
+        bounds = shapely.bounds(geoms)  # NaN rows for None and empty geometries
+        valid = ~np.isnan(bounds).any(axis=1)
+        if valid.any():
+            b = bounds[valid]
+            lo = b.min(axis=0)
+            hi = b.max(axis=0)
+            self._bounds = [
+                min(self._bounds[0], float(lo[0])),
+                min(self._bounds[1], float(lo[1])),
+                max(self._bounds[2], float(hi[2])),
+                max(self._bounds[3], float(hi[3])),
+            ]
+        filled = np.where(valid[:, None], bounds, 0.0)
+        bbox = pa.StructArray.from_arrays(
+            [pa.array(filled[:, i], type=pa.float64()) for i in range(4)],
+            fields=list(_BBOX_TYPE),
+            mask=pa.array(~valid),
+        )
+        ids = shapely.get_type_id(geoms)
+        present = ids >= 0
+        if present.any():
+            z = shapely.has_z(geoms[present])
+            for code in np.unique(ids[present] * 2 + z):
+                name = _TYPE_NAMES.get(int(code) // 2)
+                if name is None:
+                    raise LoadError(f"geoparquet: unsupported shapely geometry type id {int(code) // 2}")
+                self._types.add(name + (" Z" if code % 2 else ""))
+        return wkb, bbox
+
+
+def _type_order(name: str) -> tuple[int, str]:
+    base = name.removesuffix(" Z")
+    order = ["Point", "LineString", "Polygon", "MultiPoint", "MultiLineString", "MultiPolygon", "GeometryCollection"]
+    return (order.index(base) if base in order else len(order), name)
+
+
+class GeoParquetLoader(Loader):
+    """Write a layer (or a table) as GeoParquet 1.1 (``.parquet``/``.geoparquet``).
+
+    Option: ``row_group_size`` (int, default 65,536): rows per row group, and so the
+    rows held in memory before a write.
+    """
+
+    name: ClassVar[str] = "geoparquet"
+    capabilities: ClassVar[LoaderCapabilities] = LoaderCapabilities(
+        extensions=(".parquet", ".geoparquet"), supports_tables=True
+    )
+
+    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False, **options: Any) -> None:
+        super().__init__(path, overwrite=overwrite, **options)
+        unknown = sorted(set(options) - {"row_group_size"})
+        if unknown:
+            raise ConfigError(f"geoparquet: unknown option(s) {unknown}; known option: row_group_size")
+        size = options.get("row_group_size", DEFAULT_ROW_GROUP_SIZE)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError(f"geoparquet: row_group_size={size!r} must be a whole number of rows, 1 or more")
+        self.row_group_size: int = size
+
+    @contextlib.contextmanager
+    def open(self, schema: LayerSchema) -> Iterator[_GeoParquetWriter]:
+        """Writer for ``schema``; the file appears only when the with-block ends without error."""
+        self.check(schema)
+        stats = LoadStats()
+        with atomic_file(self.path, self.overwrite) as tmp:
+            writer = _GeoParquetWriter(schema, tmp, self.row_group_size, stats)
+            try:
+                yield writer
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+        stats.outputs.append(self.path)

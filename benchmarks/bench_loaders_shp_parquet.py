@@ -1,0 +1,151 @@
+"""Throughput and memory of the shapefile and GeoParquet loaders.
+
+Cases: 200,000 points and 20,000 polygons of 49 vertices (``buffer(quad_segs=12)``), six
+attribute columns (OID, two strings, an integer, a double, a date), in batches of 5,000,
+written by each loader. Every case runs in its own process:
+
+* **time**: wall-clock of ``open()`` + every ``write()`` + closing (the rename onto the
+  target included); building the input is not timed.
+* **memory**: the child's peak resident set size (``ru_maxrss``) after writing, and its
+  growth over the peak before writing (imports and the input already in memory). The
+  input is a pool of four distinct batches written round-robin (OIDs repeat; loaders do
+  not care), so the input's memory does not grow with N either.
+* Each case runs at N and N/4: if a loader's memory grew with the number of features,
+  the growth at N would be about 4× that at N/4.
+
+Targets (2 cores): GeoParquet 500,000 points/s, shapefile 30,000 points/s.
+
+    .venv/bin/python benchmarks/bench_loaders_shp_parquet.py            # full run
+    .venv/bin/python benchmarks/bench_loaders_shp_parquet.py --n 20000  # smoke run (points; polygons N/10)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BATCH = 5_000
+TARGETS = {("geoparquet", "points"): 500_000, ("shapefile", "points"): 30_000}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _pool(kind: str, n_batches: int = 4) -> tuple[object, list[object]]:
+    import numpy as np
+    import pyarrow as pa
+    import shapely
+    from pyproj import CRS
+
+    from ags_etl.batch import FeatureBatch
+    from ags_etl.schema import Field, LayerSchema
+
+    crs = CRS.from_epsg(3857)
+    fields = (
+        Field("OBJECTID", "esriFieldTypeOID"),
+        Field("NAME", "esriFieldTypeString", length=40),
+        Field("CATEGORY", "esriFieldTypeInteger"),
+        Field("VALUE", "esriFieldTypeDouble"),
+        Field("CREATED", "esriFieldTypeDate"),
+        Field("CODE", "esriFieldTypeString", length=8),
+    )
+    geometry_type = "esriGeometryPoint" if kind == "points" else "esriGeometryPolygon"
+    schema = LayerSchema(fields, "OBJECTID", geometry_type, crs, name=f"bench_{kind}")
+    rng = np.random.default_rng(7)
+    batches = []
+    for b in range(n_batches):
+        oid = np.arange(b * BATCH + 1, (b + 1) * BATCH + 1)
+        x = rng.uniform(-13_700_000, -13_500_000, BATCH)
+        y = rng.uniform(4_500_000, 4_600_000, BATCH)
+        pts = shapely.points(x, y)
+        geoms = pts if kind == "points" else shapely.buffer(pts, 150.0, quad_segs=12)
+        table = pa.table(
+            {
+                "OBJECTID": pa.array(oid, pa.int64()),
+                "NAME": pa.array([f"feature {i} é" for i in oid]),
+                "CATEGORY": pa.array(rng.integers(0, 20, BATCH), pa.int32()),
+                "VALUE": pa.array(rng.normal(size=BATCH) * 1000),
+                "CREATED": pa.array(
+                    (1_600_000_000_000 + rng.integers(0, 10**10, BATCH)), pa.timestamp("ms", tz="UTC")
+                ),
+                "CODE": pa.array([f"C{i % 997:04d}" for i in oid]),
+            },
+            schema=schema.arrow_schema(),
+        )
+        batches.append(FeatureBatch(table, np.asarray(geoms, dtype=object), crs))
+    return schema, batches
+
+
+def child(loader_name: str, kind: str, n: int, out_dir: str) -> None:
+    """Run one case and print a JSON line."""
+    from ags_etl.loaders.geoparquet import GeoParquetLoader
+    from ags_etl.loaders.shapefile import ShapefileLoader
+
+    schema, pool = _pool(kind)
+    before = _rss_mb()
+    if loader_name == "shapefile":
+        loader = ShapefileLoader(Path(out_dir) / f"{kind}.shp")
+    else:
+        loader = GeoParquetLoader(Path(out_dir) / f"{kind}.parquet")
+    loader.check(schema)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    written = 0
+    with loader.open(schema) as writer:  # type: ignore[arg-type]
+        i = 0
+        while written < n:
+            batch = pool[i % len(pool)]
+            if written + len(batch) > n:  # type: ignore[arg-type]
+                batch = batch.take(list(range(n - written)))  # type: ignore[attr-defined]
+            writer.write(batch)  # type: ignore[arg-type]
+            written += len(batch)  # type: ignore[arg-type]
+            i += 1
+    seconds = time.perf_counter() - start
+    size = sum(p.stat().st_size for p in Path(out_dir).iterdir())
+    print(json.dumps({"seconds": seconds, "features": writer.stats.features, "rss_before": before,
+                      "rss_peak": _rss_mb(), "bytes": size}))
+
+
+def run_case(loader_name: str, kind: str, n: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as out:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", loader_name, kind, str(n), out],
+            capture_output=True, text=True, check=False,
+        )
+    if proc.returncode != 0:
+        raise SystemExit(f"case {loader_name}/{kind}/{n} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200_000, help="points per full case (polygons: n/10)")
+    parser.add_argument("--child", nargs=4, metavar=("LOADER", "KIND", "N", "DIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        loader_name, kind, n, out = args.child
+        child(loader_name, kind, int(n), out)
+        return
+    print(f"{'loader':<11} {'kind':<9} {'features':>9} {'seconds':>8} {'features/s':>11} "
+          f"{'peak RSS MB':>12} {'growth MB':>10} {'output MB':>10}  target")
+    for loader_name in ("geoparquet", "shapefile"):
+        for kind, full in (("points", args.n), ("polygons", max(args.n // 10, 1))):
+            for n in (full, max(full // 4, 1)):
+                r = run_case(loader_name, kind, n)
+                rate = r["features"] / r["seconds"]
+                target = TARGETS.get((loader_name, kind))
+                verdict = "" if target is None or n != full else (
+                    f"{target:,}/s {'ok' if rate >= target else 'BELOW'}")
+                print(f"{loader_name:<11} {kind:<9} {r['features']:>9,} {r['seconds']:>8.2f} {rate:>11,.0f} "
+                      f"{r['rss_peak']:>12.1f} {r['rss_peak'] - r['rss_before']:>10.1f} "
+                      f"{r['bytes'] / 1e6:>10.1f}  {verdict}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
