@@ -7,6 +7,7 @@ STATUS string), EPSG:4326. Run:
 
     .venv/bin/python benchmarks/bench_loaders_geojson_kmz.py           # full size
     .venv/bin/python benchmarks/bench_loaders_geojson_kmz.py --n 20000 # smoke run
+    .venv/bin/python benchmarks/bench_loaders_geojson_kmz.py --only kmz --kmz-compresslevel 6
 
 Method: every case (format × geometry) runs in its own Python process. Batches are
 generated lazily, one at a time, from a per-batch seed, so the input never exists as a
@@ -112,14 +113,15 @@ def current_rss_kib() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def child(fmt: str, kind: str, n: int, out_dir: str) -> None:
+def child(fmt: str, kind: str, n: int, out_dir: str, kmz_level: int) -> None:
     loader_cls = load("loaders", fmt)
     size = 5000 if kind == "points" else 1000
     target = Path(out_dir) / f"{fmt}_{kind}{SUFFIX[fmt]}"
     make_batch(kind, 0, size)  # warm-up: imports, allocator pools
     base = current_rss_kib()
     spent = 0.0
-    loader = loader_cls(target, overwrite=True)
+    options = {"compresslevel": kmz_level} if fmt == "kmz" else {}
+    loader = loader_cls(target, overwrite=True, **options)
     s = schema(kind)
     t0 = time.perf_counter()
     with loader.open(s) as writer:
@@ -134,12 +136,12 @@ def child(fmt: str, kind: str, n: int, out_dir: str) -> None:
     print(json.dumps({"seconds": spent, "bytes": target.stat().st_size, "peak_kib": peak, "growth_kib": peak - base}))
 
 
-def run_case(fmt: str, kind: str, n: int, repeat: int) -> dict[str, float]:
+def run_case(fmt: str, kind: str, n: int, repeat: int, kmz_level: int) -> dict[str, float]:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeat):
             out = subprocess.run(
-                [sys.executable, __file__, "--child", fmt, kind, "--n", str(n), "--out", tmp],
+                [sys.executable, __file__, "--child", fmt, kind, "--n", str(n), "--out", tmp, "--kmz-compresslevel", str(kmz_level)],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -153,12 +155,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200_000, help="points to write (polygons: n / 10)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (median printed)")
     parser.add_argument("--only", default=None, help="run only cases whose 'format/geometry' contains this")
+    parser.add_argument("--kmz-compresslevel", type=int, default=1, help="KMZ deflate level (loader default 1)")
     parser.add_argument("--child", nargs=2, metavar=("FORMAT", "KIND"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         fmt, kind = args.child
-        child(fmt, kind, args.n, args.out)
+        child(fmt, kind, args.n, args.out, args.kmz_compresslevel)
         return
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, shapely {shapely.__version__}, pyarrow {pa.__version__}")
@@ -167,7 +170,7 @@ def main() -> None:
         if args.only and args.only not in f"{fmt}/{kind}":
             continue
         count = args.n if kind == "points" else max(1, args.n // 10)
-        r = run_case(fmt, kind, count, args.repeat)
+        r = run_case(fmt, kind, count, args.repeat, args.kmz_compresslevel)
         rate = count / r["seconds"]
         target = TARGETS.get((fmt, kind))
         verdict = "" if target is None else f"{target:,}/s {'met' if rate >= target else 'MISSED'}"

@@ -33,7 +33,13 @@ def _token_auth(value: str | None) -> tuple[str | None, str | None]:
 @click.option("--latency-ms", type=click.IntRange(min=0), default=0, show_default=True, help="Sleep per request.")
 @click.option("--fail-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="Share of query requests that fail.")
 @click.option("--seed", type=int, default=None, help="Seed of the failure draws (same seed, same failures).")
-@click.option("--token-auth", metavar="USER:PASSWORD", default=None, help="Require tokens from /arcgis/tokens/generateToken.")
+@click.option(
+    "--token-auth",
+    metavar="USER:PASSWORD",
+    envvar="AGS_ETL_SERVE_TOKEN_AUTH",
+    default=None,
+    help="Require tokens from /arcgis/tokens/generateToken [env AGS_ETL_SERVE_TOKEN_AUTH].",
+)
 @click.option("--token-ttl", type=click.IntRange(min=1), default=None, help="Token lifetime cap in seconds.")
 @handle_errors
 def serve_cmd(

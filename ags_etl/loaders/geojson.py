@@ -7,7 +7,7 @@ pipeline inserts a reprojection) and write what RFC 7946 asks for:
 * the right-hand rule (§3.1.6): exterior rings counter-clockwise, holes clockwise.
   Esri JSON uses the opposite winding, so every polygon is re-oriented;
 * coordinates rounded to ``precision`` decimals (default 7, about 1 cm; §11.2) and
-  written without trailing zeros (``12.5``, ``0``);
+  written in their shortest form (``12.5``, ``0.0``, ``1e-7``);
 * ``"id"`` is the OID value when the schema has an OID field (the OID also stays a
   property); a null OID gives a feature without ``"id"``;
 * properties: dates (``timestamp``) as ISO 8601 UTC strings ``"1965-03-01T00:00:00Z"``
@@ -30,13 +30,16 @@ record separator (0x1E) before every record; that is written only when the targe
 in ``.geojsons`` (GDAL's convention for RFC 8142 files) or the option ``rs=True`` is
 given. ``.geojsonl`` and ``.ndjson`` get plain newline-delimited records.
 
-How it is fast: no Python object is made per feature or per coordinate. Coordinates
-become text in numpy (a character matrix per batch, see :func:`sequence_text`), the
-rest of each feature is assembled with Arrow string kernels over whole columns, and a
-finished batch is written straight from the Arrow data buffer. Measured on 2 cores
-(shapely 2.2, pyarrow 26): ``orjson.dumps`` per feature dict ran ~210k points/s and
-~60k 50-vertex polygons/s, ``shapely.to_geojson`` ~60k polygons/s; numbers for this
-writer are printed by ``benchmarks/bench_loaders_geojson_kmz.py``.
+How it is fast: no Python object is made per feature or per coordinate. All
+coordinates of a batch go through one ``orjson.dumps`` of a numpy array, which is cut
+into sequences by offset (:func:`json_sequence_text`); the rest of each feature is
+assembled with Arrow string kernels over whole columns, and a finished batch is written
+straight from the Arrow data buffer. Measured on 2 cores (shapely 2.2, pyarrow 26,
+orjson 3.13): ``orjson.dumps`` of one dict per feature ran ~210k points/s and ~60k
+50-vertex polygons/s, ``shapely.to_geojson`` ~60k polygons/s; numbers for this writer
+are printed by ``benchmarks/bench_loaders_geojson_kmz.py``. (Calling ``orjson.dumps``
+once per feature and keeping the results for a ``b",".join`` was 5× slower than
+writing each at once — page faults on thousands of live buffers.)
 
 :func:`decompose_geometries`, :func:`sequence_text`, :func:`iso_timestamps` and the
 option checks are shared with the KMZ loader.
@@ -70,6 +73,7 @@ __all__ = [
     "decompose_geometries",
     "geojson_geometry_text",
     "iso_timestamps",
+    "json_sequence_text",
     "json_value_text",
     "orient_right_hand",
     "reject_unknown_options",
@@ -183,6 +187,7 @@ def iso_timestamps(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedA
 
 _JSON_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
 _OTHER_CONTROL_RE2 = r"[\x00-\x1f]"
+_NEEDS_ESCAPE_RE2 = r'[\x00-\x1f"\\]'
 
 
 def _json_strings(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -191,6 +196,8 @@ def _json_strings(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(raw, pa.ChunkedArray):
         raw = raw.combine_chunks()
     text = raw
+    if not pc.any(pc.match_substring_regex(raw, _NEEDS_ESCAPE_RE2)).as_py():
+        return join(lit('"'), text, lit('"'))  # the common case: nothing to escape
     for char, escaped in _JSON_ESCAPES:
         text = pc.replace_substring(text, char, escaped)
     odd = pc.match_substring_regex(text, _OTHER_CONTROL_RE2).fill_null(False)
@@ -331,9 +338,12 @@ def decompose_geometries(geoms: np.ndarray, *, flatten_collections: bool) -> Geo
     if flatten_collections:
         for k in np.flatnonzero(types == 7).tolist():
             sub[k] = _flatten_collection(sub[k])
-    parts, part_row = shapely.get_parts(sub, return_index=True)  # single types: the geometry itself
-    keep = ~shapely.is_empty(parts)
-    parts, part_row = parts[keep], part_row[keep]
+    if (types >= 4).any():
+        parts, part_row = shapely.get_parts(sub, return_index=True)  # single types: the geometry itself
+        keep = ~shapely.is_empty(parts)
+        parts, part_row = parts[keep], part_row[keep]
+    else:  # all single-part and non-empty: skip get_parts, which copies every geometry
+        parts, part_row = sub, np.arange(len(sub))
     part_types = shapely.get_type_id(parts)
     poly_pos = np.flatnonzero(part_types == 3)
     other_pos = np.flatnonzero(part_types != 3)
@@ -522,6 +532,38 @@ def reorder_parts(parts: GeometryParts, other_text: pa.Array, poly_text: pa.Arra
     return pc.take(pa.concat_arrays([other_text, poly_text]), pa.array(inverse))
 
 
+def json_sequence_text(coords: np.ndarray, seq_counts: np.ndarray, precision: int, wrap: np.ndarray) -> pa.Array:
+    """JSON text per coordinate sequence: ``[x,y],[x,y]``, wrapped in ``[…]`` where ``wrap``.
+
+    Numbers are the shortest round-trip form of the rounded values (``12.5``, ``0.0``,
+    ``1e-7`` — all valid JSON numbers). All coordinates of the batch go through one
+    ``orjson.dumps`` of the numpy array (about 2× faster than the character-matrix
+    route of :func:`sequence_text`, which is kept for batches that mix 2D and 3D
+    geometries: orjson would write their missing Z as ``null``). The positions of the
+    ``[`` that open each coordinate split the output into sequences without copying.
+    """
+    rows, dims = coords.shape
+    if rows == 0 or (dims == 3 and np.isnan(coords[:, 2]).any()):
+        return sequence_text(
+            coords, seq_counts, precision, strip=True, tuple_open=b"[", tuple_close=b"]", between=b",",
+            seq_open=b"[", seq_close=b"]", wrap=wrap,
+        )
+    if not np.isfinite(coords).all():
+        raise GeometryError("a geometry has NaN or infinite coordinates; repair or drop it before writing")
+    text = orjson.dumps(np.round(coords, precision) + 0.0, option=orjson.OPT_SERIALIZE_NUMPY)  # "[[x,y],[x,y]]"
+    opens = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == ord("["))[1:]  # numbers hold no "["
+    # Sequence k runs from the "[" of its first coordinate to just before the "," (or the
+    # final "]") that follows its last one; the offsets below include that one extra
+    # character, which the slice drops.
+    first_rows = np.concatenate(([0], np.cumsum(seq_counts, dtype=np.int64)))
+    offsets = np.append(opens, len(text))[first_rows]
+    raw = pa.LargeStringArray.from_buffers(len(seq_counts), pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(text))
+    sequences = pc.utf8_slice_codeunits(raw, 0, -1)
+    if wrap.any():
+        sequences = pc.if_else(pa.array(wrap), join(lit("["), sequences, lit("]")), sequences)
+    return sequences
+
+
 _GEOJSON_TYPE_OPEN = pa.array(
     [
         '{"type":"Point","coordinates":',
@@ -546,18 +588,8 @@ def geojson_geometry_text(geoms: np.ndarray, precision: int = 7) -> pa.Array:
     parts = decompose_geometries(geoms, flatten_collections=False)
     if len(parts.rows):
         point_part = parts.part_types[parts.other_pos] == 0
-        seq_text = sequence_text(
-            parts.coords,
-            parts.seq_counts,
-            precision,
-            strip=True,
-            tuple_open=b"[",
-            tuple_close=b"]",
-            between=b",",
-            seq_open=b"[",
-            seq_close=b"]",
-            wrap=np.concatenate([~point_part, np.ones(int(parts.ring_counts.sum()), dtype=bool)]),
-        )
+        wrap = np.concatenate([~point_part, np.ones(int(parts.ring_counts.sum()), dtype=bool)])
+        seq_text = json_sequence_text(parts.coords, parts.seq_counts, precision, wrap)
         other_text = seq_text.slice(0, len(parts.other_pos))
         ring_text = seq_text.slice(len(parts.other_pos))
         poly_text = join(lit("["), join_runs(parts.ring_counts, ring_text, ","), lit("]"))

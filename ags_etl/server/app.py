@@ -131,7 +131,7 @@ class FeatureServerApp:
             # An unsecured ArcGIS Server has no token service to speak of.
             raise RestError(400, "Unable to generate token.", ["Token based authentication is not enabled."])
         if method != "POST":
-            # ArcGIS Server refuses credentials in a URL by default (10.x "allowTokenGenerationViaGet": false).
+            # ArcGIS Server turns token generation by GET off by default: credentials stay out of URLs.
             raise RestError(405, "Method not supported.", ["Use POST to generate a token."])
         return self.tokens.generate(params)
 
@@ -150,6 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle on, keep-alive clients
     # wait for the delayed ACK (~40 ms) on every request.
     disable_nagle_algorithm = True
+    #: Seconds an idle keep-alive connection (and its thread) is kept.
+    timeout = 300
     server: "_HTTPServer"
     server_version = "ags-etl-serve"
     sys_version = ""
@@ -238,7 +240,12 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 def load_stores(directory: Path, workdir: Path) -> list[LayerStore]:
-    """Read every data file of ``directory`` into SQLite files under ``workdir``."""
+    """Read every data file of ``directory`` into SQLite files under ``workdir``.
+
+    Service names are file stems made ``[A-Za-z0-9_]``; a name already taken
+    (``a-b.geojson`` and ``a_b.geojson``) gets ``_2``, ``_3``… in file-name order.
+    Raises ConfigError naming the file that cannot be served.
+    """
     paths = find_sources(directory)
     if not paths:
         raise ConfigError(
@@ -268,7 +275,7 @@ def load_stores(directory: Path, workdir: Path) -> list[LayerStore]:
 
 
 class _Stop(Exception):
-    """Raised in the main thread by SIGTERM to leave serve_forever."""
+    """Raised in the main thread by SIGTERM or SIGINT to leave serve_forever."""
 
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
@@ -303,7 +310,8 @@ def running_server(directory: Path, options: ServerOptions) -> Iterator[tuple[_H
 def serve(directory: Path, options: ServerOptions, ready: Callable[[str, int], None]) -> None:
     """Serve ``directory`` until Ctrl-C or SIGTERM. ``ready(base_url, layer_count)`` is
     called once the socket listens. Must run in the main thread (signal handling)."""
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    # SIGINT too: a shell that starts a job in the background leaves SIGINT ignored.
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with running_server(directory, options) as (server, base_url):
             ready(base_url, len(server.app.stores))
@@ -311,7 +319,8 @@ def serve(directory: Path, options: ServerOptions, ready: Callable[[str, int], N
     except (KeyboardInterrupt, _Stop):
         log.info("stopped")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def serve_in_thread(directory: Path, options: ServerOptions) -> contextlib.AbstractContextManager[str]:

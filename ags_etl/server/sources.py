@@ -39,6 +39,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import fiona
 import shapely
 from fiona.errors import FionaError
 from pyproj import CRS
@@ -167,8 +168,6 @@ def _declared(fiona_type: str) -> tuple[str | None, int | None]:
 
 
 def _read_ogr(path: Path) -> tuple[list[Column], np.ndarray | None, CRS | None]:
-    import fiona
-
     with fiona.open(path) as src:
         schema = src.schema
         crs_wkt = src.crs.to_wkt() if src.crs else ""
@@ -207,7 +206,11 @@ def _pyogrio_table(path: Path, names: list[str]) -> tuple[pa.Table, np.ndarray] 
         import pyogrio
     except ImportError:
         return None
-    meta, table = pyogrio.read_arrow(path)
+    try:
+        meta, table = pyogrio.read_arrow(path)
+    except (RuntimeError, ValueError, OSError) as exc:  # pyogrio's errors are RuntimeErrors
+        log.info("%s: pyogrio cannot read it (%s); reading with fiona", path.name, exc)
+        return None
     if any(n not in table.column_names for n in names):
         log.info("%s: pyogrio fields differ from fiona's; reading with fiona", path.name)
         return None
