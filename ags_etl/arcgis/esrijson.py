@@ -136,7 +136,7 @@ def decode_geometry(
         return None
     if "x" in geometry:
         x, y = geometry.get("x"), geometry.get("y")
-        if _is_missing(x) or _is_missing(y):
+        if x is None or y is None or _is_missing(x) or _is_missing(y):
             return None
         z = geometry.get("z")
         if has_z and z is not None and not _is_missing(z):

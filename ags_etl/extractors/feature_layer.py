@@ -548,10 +548,12 @@ class FeatureLayerExtractor:
                 extra["inSR"] = sr
             try:
                 batch, flag = self._query(extra)
-            except TransientError:
+            except TransientError as exc:
                 if depth >= paging.MAX_SPLIT_DEPTH:
                     raise
-                flag, batch = True, None  # type: ignore[assignment]
+                log.warning("box %s failed (%s); splitting it", box, exc)
+                stack.extend((b, depth + 1) for b in paging.split_envelope(box))
+                continue
             if flag:
                 if depth >= paging.MAX_SPLIT_DEPTH:
                     raise PagingError(
@@ -565,7 +567,6 @@ class FeatureLayerExtractor:
 
     def _concat(self, parts: list[FeatureBatch]) -> FeatureBatch:
         _, schema = self._require_open()
-        parts = [p for p in parts if p is not None]
         if not parts:
             return FeatureBatch.empty(schema.arrow_schema(), schema.crs, schema.geometry_type is not None)
         return parts[0] if len(parts) == 1 else FeatureBatch.concat(parts)

@@ -200,3 +200,23 @@ def test_given_token_never_printed_even_in_debug_logs(data_dir: Path, tmp_path: 
     assert proc.returncode == 1
     assert "TOKEN-VALUE-123" not in proc.stderr + proc.stdout
     assert "error 498" in proc.stderr
+
+
+def test_token_and_api_key_from_options_and_environment(data_dir: Path, tmp_path: Path) -> None:
+    import requests
+
+    with run_server(data_dir, "--token-auth", "ags:s3cret-pw", "--token-ttl", "600") as base:
+        answer = requests.post(f"{base}/arcgis/tokens/generateToken",
+                               data={"username": "ags", "password": "s3cret-pw", "f": "json"}, timeout=10).json()
+        token = answer["token"]
+        runs = [
+            (["--token", token], {}),
+            (["--api-key", token], {}),
+            ([], {"AGS_ETL_TOKEN": token}),
+        ]
+        for i, (args, env) in enumerate(runs):
+            out = tmp_path / f"x{i}.parquet"
+            proc = ags("pull", url(base, "points"), "-o", str(out), *args, env=env)
+            assert proc.returncode == 0, proc.stderr
+            assert token not in proc.stderr + proc.stdout
+            assert f"wrote {N} features" in proc.stderr
