@@ -113,6 +113,13 @@ def check_target(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"output {str(path)!r} exists; pass --overwrite (or overwrite: true) to replace it")
 
 
+def _default_mode(path: Path) -> None:
+    """Give a temp file (created 0600 by mkstemp) the mode a plain open() would: 0666 & ~umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_file(target: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temp path beside ``target``; on success move it onto ``target``, else delete it.
@@ -127,6 +134,7 @@ def atomic_file(target: Path, overwrite: bool) -> Iterator[Path]:
     try:
         yield tmp
         check_target(target, overwrite)
+        _default_mode(tmp)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

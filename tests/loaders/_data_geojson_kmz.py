@@ -21,7 +21,7 @@ from ags_etl.schema import Field, LayerSchema
 
 WGS84 = CRS.from_epsg(4326)
 UTC = dt.timezone.utc
-LONG_TEXT = "".join(chr(0x41 + i % 26) for i in range(9_990)) + " & <end> "  # 10,000 characters
+LONG_TEXT = "".join(chr(0x41 + i % 26) for i in range(9_991)) + " & <end> "  # 10,000 characters
 assert len(LONG_TEXT) == 10_000
 
 FIELDS: tuple[Field, ...] = (
