@@ -166,20 +166,28 @@ def iso_timestamps(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedA
     """ISO 8601 UTC strings for a timestamp column: ``1965-03-01T00:00:00Z``.
 
     Values with a sub-second part get milliseconds (``…T00:00:00.250Z``); finer units
-    are truncated to milliseconds. Tz-aware values are printed as the UTC instant they
+    are floored to milliseconds. Tz-aware values are printed as the UTC instant they
     hold, naive values are taken to be UTC already. Nulls stay null.
     """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
     unit = column.type.unit
     naive = column.cast(pa.timestamp(unit))  # keeps the stored UTC instant, drops the zone label
+    if unit in ("us", "ns"):
+        # Floor to milliseconds here: Arrow's unsafe cast truncates towards zero, which
+        # moves a pre-1970 instant forward (…09.123456 → "…09.124").
+        ticks = naive.cast(pa.int64()).fill_null(0).to_numpy()
+        millis = np.floor_divide(ticks, 1_000 if unit == "us" else 1_000_000)
+        naive = pa.array(millis, pa.timestamp("ms"), mask=naive.is_null().to_numpy(zero_copy_only=False))
+        unit = "ms"
     text = naive.cast(pa.timestamp("s"), safe=False).cast(pa.string())
     if unit != "s":
-        per_second = {"ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit]
         ticks = naive.cast(pa.int64()).fill_null(0).to_numpy()
-        fraction = (ticks % per_second) != 0
+        fraction = (ticks % 1_000) != 0
         if fraction.any():
             # Only these rows need the long form; a cast of a negative sub-second value to
             # seconds rounds towards zero, so their whole-second text is discarded.
-            fine = naive.cast(pa.timestamp("ms"), safe=False).cast(pa.string())
+            fine = naive.cast(pa.string())
             text = pc.if_else(pa.array(fraction), fine, text)
     text = pc.replace_substring(text, " ", "T", max_replacements=1)
     return pc.binary_join_element_wise(text, "Z", "")

@@ -19,12 +19,13 @@ CRS's axis order. If an attribute is itself called ``geometry`` or ``bbox``, the
 geometry/covering column gets a ``_1`` (``_2`` …) suffix and a warning says so.
 
 Streaming: batches are converted as they arrive and buffered until ``row_group_size``
-rows (option, default 65,536), then written as one row group by a
-:class:`pyarrow.parquet.ParquetWriter` (zstd). ``geo`` is added with
+rows (option, default 65,536) or ``row_group_bytes`` of Arrow data (option, default
+128 MiB, so a layer of huge polygons cannot buffer gigabytes), then written as row groups
+by a :class:`pyarrow.parquet.ParquetWriter` (zstd). ``geo`` is added with
 ``add_key_value_metadata`` just before the writer closes, because bbox and types are
 known only then; it therefore sits in the Parquet footer only (geopandas, GDAL and
 geoparquet-validator read it from there). Memory is bounded by one row group plus one
-batch.
+batch (or ``row_group_bytes``, whichever is reached first).
 
 Tables (a schema without geometry) are written as plain Parquet: attribute columns only,
 no ``geo`` metadata.
@@ -54,10 +55,11 @@ from ags_etl.errors import ConfigError, LoadError
 from ags_etl.loaders.base import Loader, LoaderCapabilities, LoadStats, atomic_file
 from ags_etl.schema import LayerSchema
 
-__all__ = ["GeoParquetLoader", "GEOPARQUET_VERSION", "DEFAULT_ROW_GROUP_SIZE"]
+__all__ = ["DEFAULT_ROW_GROUP_BYTES", "DEFAULT_ROW_GROUP_SIZE", "GEOPARQUET_VERSION", "GeoParquetLoader"]
 
 GEOPARQUET_VERSION = "1.1.0"
 DEFAULT_ROW_GROUP_SIZE = 65_536
+DEFAULT_ROW_GROUP_BYTES = 128 * 1024 * 1024
 COMPRESSION = "zstd"
 
 #: shapely type id → GeoParquet geometry type name (a LinearRing is written as a LineString).
@@ -87,12 +89,15 @@ def _free_name(base: str, taken: set[str]) -> str:
 class _GeoParquetWriter:
     """Converts batches to Arrow, buffers up to one row group, tracks bbox and types."""
 
-    def __init__(self, schema: LayerSchema, path: Path, row_group_size: int, stats: LoadStats) -> None:
+    def __init__(
+        self, schema: LayerSchema, path: Path, row_group_size: int, row_group_bytes: int, stats: LoadStats
+    ) -> None:
         self.stats = stats
         self._layer = schema.name
         self._crs = schema.crs
         self._crs_checked: CRS | None = schema.crs
         self._row_group_size = row_group_size
+        self._row_group_bytes = row_group_bytes
         self._attr_schema = schema.arrow_schema()
         self._has_geometry = schema.geometry_type is not None
         taken = set(self._attr_schema.names)
@@ -110,6 +115,7 @@ class _GeoParquetWriter:
         self._file_schema = pa.schema(fields)
         self._buffer: list[pa.Table] = []
         self._buffered = 0
+        self._buffered_bytes = 0
         self._types: set[str] = set()
         self._bounds = [math.inf, math.inf, -math.inf, -math.inf]
         try:
@@ -136,9 +142,12 @@ class _GeoParquetWriter:
             table = table.append_column(self._file_schema.field(self.bbox_column), bbox)
         self._buffer.append(table)
         self._buffered += table.num_rows
+        self._buffered_bytes += table.nbytes
         self.stats.features += table.num_rows
-        if self._buffered >= self._row_group_size:
-            self._flush(final=False)
+        if self._buffered_bytes >= self._row_group_bytes:
+            self._flush(everything=True)
+        elif self._buffered >= self._row_group_size:
+            self._flush(everything=False)
 
     def geo_metadata(self) -> dict[str, Any]:
         """The ``geo`` metadata for what was written so far."""
@@ -150,11 +159,15 @@ class _GeoParquetWriter:
         }
         if self._bounds[0] <= self._bounds[2]:
             column["bbox"] = list(self._bounds)
-        return {"version": GEOPARQUET_VERSION, "primary_column": self.geometry_column, "columns": {self.geometry_column: column}}
+        return {
+            "version": GEOPARQUET_VERSION,
+            "primary_column": self.geometry_column,
+            "columns": {self.geometry_column: column},
+        }
 
     def close(self) -> None:
         """Write the last row group and the ``geo`` metadata, then the footer."""
-        self._flush(final=True)
+        self._flush(everything=True)
         if self._has_geometry:
             self._writer.add_key_value_metadata({"geo": json.dumps(self.geo_metadata(), separators=(",", ":"))})
         self._writer.close()
@@ -167,19 +180,21 @@ class _GeoParquetWriter:
 
     # ---------------------------------------------------------------- internals
 
-    def _flush(self, *, final: bool) -> None:
+    def _flush(self, *, everything: bool) -> None:
+        """Write full row groups (``everything``: also the rest, as one smaller group)."""
         if not self._buffered:
             return
         table = pa.concat_tables(self._buffer)
         size = self._row_group_size
         start = 0
-        while table.num_rows - start >= size or (final and start < table.num_rows):
+        while table.num_rows - start >= size or (everything and start < table.num_rows):
             chunk = table.slice(start, size)
             self._writer.write_table(chunk, row_group_size=size)
             start += chunk.num_rows
         rest = table.slice(start)
         self._buffer = [rest] if rest.num_rows else []
         self._buffered = rest.num_rows
+        self._buffered_bytes = rest.nbytes if rest.num_rows else 0
 
     def _check_crs(self, batch: FeatureBatch) -> None:
         if not self._has_geometry or batch.crs is self._crs_checked:
@@ -259,8 +274,9 @@ def _type_order(name: str) -> tuple[int, str]:
 class GeoParquetLoader(Loader):
     """Write a layer (or a table) as GeoParquet 1.1 (``.parquet``/``.geoparquet``).
 
-    Option: ``row_group_size`` (int, default 65,536): rows per row group, and so the
-    rows held in memory before a write.
+    Options: ``row_group_size`` (int, default 65,536): rows per row group, and so the rows
+    held in memory before a write; ``row_group_bytes`` (int, default 128 MiB): a row group
+    is also written once this much Arrow data is buffered.
     """
 
     name: ClassVar[str] = "geoparquet"
@@ -270,13 +286,19 @@ class GeoParquetLoader(Loader):
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False, **options: Any) -> None:
         super().__init__(path, overwrite=overwrite, **options)
-        unknown = sorted(set(options) - {"row_group_size"})
+        unknown = sorted(set(options) - {"row_group_size", "row_group_bytes"})
         if unknown:
-            raise ConfigError(f"geoparquet: unknown option(s) {unknown}; known option: row_group_size")
+            raise ConfigError(
+                f"geoparquet: unknown option(s) {unknown}; known options: row_group_size, row_group_bytes"
+            )
         size = options.get("row_group_size", DEFAULT_ROW_GROUP_SIZE)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ConfigError(f"geoparquet: row_group_size={size!r} must be a whole number of rows, 1 or more")
+        nbytes = options.get("row_group_bytes", DEFAULT_ROW_GROUP_BYTES)
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 1:
+            raise ConfigError(f"geoparquet: row_group_bytes={nbytes!r} must be a whole number of bytes, 1 or more")
         self.row_group_size: int = size
+        self.row_group_bytes: int = nbytes
 
     @contextlib.contextmanager
     def open(self, schema: LayerSchema) -> Iterator[_GeoParquetWriter]:
@@ -284,7 +306,7 @@ class GeoParquetLoader(Loader):
         self.check(schema)
         stats = LoadStats()
         with atomic_file(self.path, self.overwrite) as tmp:
-            writer = _GeoParquetWriter(schema, tmp, self.row_group_size, stats)
+            writer = _GeoParquetWriter(schema, tmp, self.row_group_size, self.row_group_bytes, stats)
             try:
                 yield writer
                 writer.close()

@@ -77,7 +77,7 @@ from ags_etl.errors import CapabilityError, ConfigError, LoadError, OutputExists
 from ags_etl.loaders.base import Loader, LoaderCapabilities, LoadStats, atomic_file, check_target
 from ags_etl.schema import Field, LayerSchema
 
-__all__ = ["ShapefileLoader", "shapefile_field_names", "DEFAULT_MAX_PART_BYTES"]
+__all__ = ["DEFAULT_MAX_PART_BYTES", "ShapefileLoader", "shapefile_field_names"]
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ class _Int32(int):
 class _Props(Properties):
     """fiona Properties over a prepared dict, with O(1) item access."""
 
-    def __init__(self, data: dict[str, Any]) -> None:  # noqa: D107 - no super(): no copy
+    def __init__(self, data: dict[str, Any]) -> None:  # no super().__init__: it copies the dict
         self._data = data
 
     def __getitem__(self, key: str) -> Any:
@@ -316,14 +316,14 @@ try:  # the private delegate classes of fiona 1.9/1.10; fall back to the public 
     from fiona.model import _Feature, _Geometry
 
     class _Geom(Geometry):
-        def __init__(self, type: str, coordinates: Any) -> None:  # noqa: A002 - GeoJSON name
+        def __init__(self, type: str, coordinates: Any) -> None:  # GeoJSON's member name
             self._delegate = _Geometry(coordinates=coordinates, type=type)
-            self._data = {}
+            self._data: dict[str, Any] = {}
 
     class _Feat(Feature):
         def __init__(self, geometry: Geometry | None, properties: Properties) -> None:
             self._delegate = _Feature(geometry=geometry, properties=properties)
-            self._data = {}
+            self._data: dict[str, Any] = {}
 
     def _geometry(type_: str, coordinates: Any) -> Geometry:
         return _Geom(type_, coordinates)
@@ -478,6 +478,8 @@ class _ShapefileWriter:
             )
         geoms = batch.geometry
         columns, needs = self._columns(batch)
+        if not needs:  # no attribute fields: GDAL's "FID" placeholder field never widens
+            needs = [np.empty(0, dtype=np.int64)]
         type_ids = shapely.get_type_id(geoms)
         self._check_types(type_ids)
         null = (type_ids < 0) | shapely.is_empty(geoms)
@@ -490,9 +492,8 @@ class _ShapefileWriter:
             take = self._rows_that_fit(shp_sizes[start:], [nd[start:] for nd in needs])
             if take == 0:
                 if self._part_rows == 0:
-                    first_dbf = self._dbf_header + 1 + sum(
-                        max(w, int(nd[start])) if len(nd) else w for w, nd in zip(self._widths, needs)
-                    ) + (0 if needs else sum(self._widths)) + 1
+                    first = self._record_sizes([nd[start : start + 1] for nd in needs])
+                    first_dbf = self._dbf_header + int(first[0]) + 1
                     raise LoadError(
                         f"shapefile: max_part_bytes={self._limit} is too small to hold even one feature "
                         f"(feature {self.stats.features} needs {int(shp_sizes[start]) + 100} bytes of .shp and "
@@ -553,7 +554,7 @@ class _ShapefileWriter:
             collection, self._collection = self._collection, None
             try:
                 collection.__exit__(None, None, None)
-            except Exception as exc:  # noqa: BLE001 - already failing; the temp folder is deleted
+            except Exception as exc:  # already failing; the temp folder is deleted anyway
                 log.debug("closing the partial shapefile after a failure raised %r", exc)
 
     # ---------------------------------------------------------------- parts
@@ -604,20 +605,25 @@ class _ShapefileWriter:
         """How many leading rows fit in the current part without passing the limit."""
         m = len(shp_sizes)
         shp = self._part_shp + np.cumsum(shp_sizes)
-        record = np.full(m, 1, dtype=np.int64)
-        for width, need in zip(self._widths, needs):
-            if len(need):
-                record += np.maximum(width, np.maximum.accumulate(need))
-            else:
-                record += width
-        if not needs:
-            record += sum(self._widths)
+        record = self._record_sizes(needs, m)
         rows = self._part_rows + np.arange(1, m + 1, dtype=np.int64)
         dbf = self._dbf_header + rows * record + 1  # +1: the 0x1A end-of-file byte
         fits = (shp <= self._limit) & (dbf <= self._limit)
         if fits.all():
             return m
         return int(np.argmin(fits))  # sizes only grow, so the fitting rows are a prefix
+
+    def _record_sizes(self, needs: list[np.ndarray], m: int = 1) -> np.ndarray:
+        """DBF record size after each of the next ``m`` rows (GDAL widens fields as needed).
+
+        ``needs[i]`` holds the text width row by row of field ``i`` (empty: the field never
+        needs more than its width). A widened field makes every record of the part wider.
+        """
+        record = np.full(m, 1 + sum(self._widths), dtype=np.int64)  # 1: the deletion flag
+        for width, need in zip(self._widths, needs):
+            if len(need):
+                record += np.maximum(width, np.maximum.accumulate(need)) - width
+        return record
 
     # ---------------------------------------------------------------- conversion
 

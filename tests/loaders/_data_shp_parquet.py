@@ -130,7 +130,7 @@ def attribute_rows(start: int, n: int) -> dict[str, list[object]]:
         "CREATED": [_created(i) for i in idx],
         "DAY": [None if i % 7 == 3 else dt.date(1899, 12, 31) + dt.timedelta(days=4_001 * i) for i in idx],
         "AT_TIME": [None if i % 5 == 2 else (i * 3_723_001) % 86_400_000 for i in idx],
-        "GlobalID": [None if i % 13 == 12 else "{%08X-0000-4000-8000-%012X}" % (i, i) for i in idx],
+        "GlobalID": [None if i % 13 == 12 else f"{{{i:08X}-0000-4000-8000-{i:012X}}}" for i in idx],
     }
 
 

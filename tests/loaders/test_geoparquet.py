@@ -114,6 +114,19 @@ def test_round_trip_validator_geopandas_and_metadata(tmp_path: Path, kind: str, 
     assert meta_pq.row_group(0).column(0).compression == "ZSTD"
 
 
+def test_row_groups_are_also_bounded_by_bytes(tmp_path: Path) -> None:
+    schema = make_schema("polygons")
+    batches = list(make_batches(schema, "polygons", 60, 10))
+    # 1 byte: every batch passes the cap, so each is written at once as its own row group
+    write(tmp_path / "b.parquet", schema, batches, row_group_size=1_000, row_group_bytes=1)
+    meta = pq.ParquetFile(tmp_path / "b.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [10] * 6
+    assert_valid(tmp_path / "b.parquet")
+    # a cap of 25 batches' worth of bytes is never reached: one row group
+    write(tmp_path / "c.parquet", schema, batches, row_group_size=1_000, row_group_bytes=25 * 2**20)
+    assert pq.ParquetFile(tmp_path / "c.parquet").metadata.num_row_groups == 1
+
+
 def test_3d_types_get_a_z_suffix(tmp_path: Path) -> None:
     schema = make_schema("points", has_z=True)
     batch = make_batch(schema, "points", 0, 10)
@@ -184,6 +197,8 @@ def test_batch_in_another_crs_is_a_load_error(tmp_path: Path) -> None:
 def test_bad_options_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="row_group_size"):
         GeoParquetLoader(tmp_path / "a.parquet", row_group_size=0)
+    with pytest.raises(ConfigError, match="row_group_bytes"):
+        GeoParquetLoader(tmp_path / "a.parquet", row_group_bytes=-1)
     with pytest.raises(ConfigError, match="unknown option"):
         GeoParquetLoader(tmp_path / "a.parquet", compression="gzip")
 

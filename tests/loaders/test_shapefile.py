@@ -273,7 +273,10 @@ def test_field_names_are_cut_deterministically_and_unique() -> None:
     assert len({v.upper() for v in got.values()}) == len(names)
     assert all(len(v.encode()) <= 10 for v in got.values())
     # a name that already fits keeps it even when a longer name is cut onto it
-    assert shapefile_field_names(["ABCDEFGHIJK", "ABCDEFGHIJ"]) == {"ABCDEFGHIJK": "ABCDEFGH_1", "ABCDEFGHIJ": "ABCDEFGHIJ"}
+    assert shapefile_field_names(["ABCDEFGHIJK", "ABCDEFGHIJ"]) == {
+        "ABCDEFGHIJK": "ABCDEFGH_1",
+        "ABCDEFGHIJ": "ABCDEFGHIJ",
+    }
 
 
 # ------------------------------------------------------------------ size limit and parts
@@ -316,6 +319,25 @@ def test_part_size_estimate_is_exact(tmp_path: Path) -> None:
     # no more bytes than 0-19 (same shapes, DBF records of fixed width)
     stats = write(tmp_path / "two.shp", schema, make_batches(schema, "polygons", 40, 7), max_part_bytes=limit)
     assert [pyogrio.read_info(p)["features"] for p in stats.outputs] == [20, 20]
+
+
+@pytest.mark.parametrize("kind", ["polygons", "lines", "multipoints", "points"])
+def test_part_size_estimate_is_exact_when_the_shp_is_the_larger_file(tmp_path: Path, kind: str) -> None:
+    fields = (Field("OBJECTID", "esriFieldTypeOID"),)
+    schema = make_schema(kind).replace(fields=fields)
+
+    def batches(n: int) -> list[FeatureBatch]:
+        table = pa.table({"OBJECTID": pa.array(range(n), pa.int64())})
+        geoms = np.array([make_geometry(kind, i) for i in range(n)], dtype=object)
+        return [FeatureBatch(table, geoms, schema.crs)]
+
+    write(tmp_path / "one.shp", schema, batches(20))
+    shp, dbf = (tmp_path / "one.shp").stat().st_size, (tmp_path / "one.dbf").stat().st_size
+    assert shp > dbf
+    stats = write(tmp_path / "two.shp", schema, batches(40), max_part_bytes=shp)
+    counts = [pyogrio.read_info(p)["features"] for p in stats.outputs]
+    assert counts[0] == 20 and sum(counts) == 40
+    assert all(p.stat().st_size <= shp for p in stats.outputs)
 
 
 def test_split_accounts_for_fields_gdal_widens(tmp_path: Path) -> None:
