@@ -13,46 +13,17 @@ grow with the number of features.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
-import shapely
 
 from ags_etl.server.testing import run_server
-
-
-def make_layer(path: Path, n: int) -> None:
-    rng = np.random.default_rng(42)
-    x = rng.uniform(-123.0, -121.0, n)
-    y = rng.uniform(37.0, 39.0, n)
-    geoms = shapely.points(x, y)
-    table = pa.table(
-        {
-            "OBJECTID": pa.array(np.arange(1, n + 1), pa.int64()),
-            "NAME": pa.array([f"feature {i}" for i in range(n)]),
-            "CATEGORY": pa.array(rng.integers(0, 20, n).astype(np.int32)),
-            "VALUE": pa.array(rng.normal(size=n)),
-            "CREATED": pa.array((1_600_000_000_000 + rng.integers(0, 10**10, n)).astype("datetime64[ms]")),
-            "geometry": pa.array(shapely.to_wkb(geoms), pa.binary()),
-        }
-    )
-    geo = {
-        "version": "1.1.0",
-        "primary_column": "geometry",
-        "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Point"],
-                                 "crs": json.loads(__import__("pyproj").CRS.from_epsg(4326).to_json())}},
-    }
-    table = table.replace_schema_metadata({"geo": json.dumps(geo)})
-    pq.write_table(table, path)
+from serve_bench import make_parquet  # sibling script: run this file from anywhere
 
 
 def pull(url: str, out: Path, concurrency: int, where: str | None) -> tuple[float, int, float]:
@@ -72,9 +43,7 @@ def pull(url: str, out: Path, concurrency: int, where: str | None) -> tuple[floa
     if proc.returncode != 0:
         raise SystemExit(f"pull failed: {proc.stderr}")
     rss_kb = int(next(line.split()[1] for line in proc.stderr.splitlines() if line.startswith("MAXRSS")))
-    import pyarrow.parquet as pq2
-
-    rows = pq2.ParquetFile(out).metadata.num_rows if out.suffix == ".parquet" else -1
+    rows = pq.ParquetFile(out).metadata.num_rows if out.suffix == ".parquet" else -1
     return seconds, rows, rss_kb / 1024
 
 
@@ -88,7 +57,7 @@ def main() -> None:
         d = Path(tmp)
         data = d / "data"
         data.mkdir()
-        make_layer(data / "points.parquet", args.n)
+        make_parquet(data / "points.parquet", args.n)
         print(f"layer: {args.n} points; server --latency-ms {args.latency_ms}, maxRecordCount 1000; "
               f"output .{args.format}; machine: {os.cpu_count()} cores")
         with run_server(data, "--latency-ms", str(args.latency_ms)) as base:
@@ -100,7 +69,6 @@ def main() -> None:
                     n = args.n if where is None else args.n // 4
                     print(f"concurrency {concurrency:>2} {label:>7}: {n:>7} features in {seconds:6.1f} s = "
                           f"{n / seconds:>8.0f} features/s, peak RSS {rss:6.0f} MB (rows written {rows})")
-    _ = resource  # keep import for readers: memory is measured in the child
 
 
 if __name__ == "__main__":

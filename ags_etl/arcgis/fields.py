@@ -44,32 +44,7 @@ ESRI_TO_ARROW: dict[str, pa.DataType] = {
 #: Types that hold no attribute value in a query answer.
 NON_ATTRIBUTE_TYPES = frozenset({"esriFieldTypeGeometry", "esriFieldTypeBlob", "esriFieldTypeRaster"})
 
-INTEGER_TYPES = frozenset(
-    {"esriFieldTypeOID", "esriFieldTypeSmallInteger", "esriFieldTypeInteger", "esriFieldTypeBigInteger"}
-)
-
-
 def arrow_type(esri_type: str) -> pa.DataType:
     """Return the Arrow type for an Esri field type; unknown types map to string."""
     return ESRI_TO_ARROW.get(esri_type, pa.string())
 
-
-def esri_type_for_arrow(dtype: pa.DataType) -> str:
-    """Return the Esri field type that best holds values of an Arrow type (for the local server)."""
-    if pa.types.is_boolean(dtype) or pa.types.is_int8(dtype) or pa.types.is_int16(dtype):
-        return "esriFieldTypeSmallInteger"
-    if pa.types.is_int32(dtype) or pa.types.is_uint8(dtype) or pa.types.is_uint16(dtype):
-        return "esriFieldTypeInteger"
-    if pa.types.is_integer(dtype):
-        return "esriFieldTypeBigInteger"
-    if pa.types.is_float32(dtype) or pa.types.is_float16(dtype):
-        return "esriFieldTypeSingle"
-    if pa.types.is_floating(dtype) or pa.types.is_decimal(dtype):
-        return "esriFieldTypeDouble"
-    if pa.types.is_timestamp(dtype):
-        return "esriFieldTypeDate"
-    if pa.types.is_date(dtype):
-        return "esriFieldTypeDateOnly"
-    if pa.types.is_time(dtype):
-        return "esriFieldTypeTimeOnly"
-    return "esriFieldTypeString"

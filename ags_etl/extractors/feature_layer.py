@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
-import pyarrow as pa
 from pyproj import CRS
 from pyproj.transformer import Transformer as ProjTransformer
 
@@ -659,7 +658,3 @@ def _sr_json(crs: CRS) -> dict[str, Any]:
         return {"wkid": int(auth[1])}
     return {"wkt": crs.to_wkt("WKT1_ESRI")}
 
-
-def arrow_oids(table: pa.Table, oid_field: str) -> np.ndarray:
-    """OID column as int64 numpy (helper for tests and loaders)."""
-    return np.asarray(table.column(oid_field).to_numpy(zero_copy_only=False), dtype=np.int64)
