@@ -111,7 +111,7 @@ class Pipeline:
                     done += len(batch)
                     if self.progress is not None:
                         self.progress(done, plan.count)
-                load_stats = writer.stats
+            load_stats = writer.stats  # read after the output is committed: final outputs and warnings
         counters: dict[str, int] = {}
         for t in self.transformers:
             for k, v in t.close().items():

@@ -121,3 +121,36 @@ def test_geojson_loader_gets_4326_automatically(server: str, tmp_path: Path) -> 
     for oid, g in zip(df["OBJECTID"].astype(int), df.geometry.values):
         if exp[oid]["geometry"] is not None:
             assert shapely.normalize(g).equals_exact(shapely.normalize(exp[oid]["geometry"]), 1e-6)
+
+
+def test_pull_field_options_and_server_side_reprojection(server: str, tmp_path: Path) -> None:
+    out = tmp_path / "fields.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-c", "from ags_etl.cli import main; main()", "pull", url(server), "-o", str(out),
+         "--rename", "NAME=LABEL", "--drop", "VALUE", "--cast", "COUNT=double"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    df = geopandas.read_parquet(out)
+    assert "LABEL" in df.columns and "NAME" not in df.columns and "VALUE" not in df.columns
+    assert str(df["COUNT"].dtype) == "float64"
+    exp = expected_rows("polygons", N)
+    for oid, label in zip(df["OBJECTID"].astype(int), df["LABEL"]):
+        assert (label if isinstance(label, str) else None) == exp[oid]["NAME"]
+
+    server_side = tmp_path / "server_side.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-c", "from ags_etl.cli import main; main()", "pull", url(server), "-o", str(server_side),
+         "--t-srs", "EPSG:3857", "--server-side-reproject"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = geopandas.read_parquet(server_side)
+    assert got.crs.equals(CRS.from_epsg(3857))
+    client = tmp_path / "client.parquet"
+    Pipeline(FeatureLayerExtractor(url(server)), [Reproject("EPSG:3857")], GeoParquetLoader(client)).run()
+    mine = geopandas.read_parquet(client)
+    for a, b in zip(got.sort_values("OBJECTID").geometry.values, mine.sort_values("OBJECTID").geometry.values):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert shapely.normalize(a).equals_exact(shapely.normalize(b), 1e-3)  # metres

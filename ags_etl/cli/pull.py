@@ -20,7 +20,7 @@ def _csv(value: str | None) -> list[str] | None:
         return None
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
-        raise ConfigError(f"--fields {value!r} names no field; give a comma-separated list such as NAME,STATUS")
+        raise ConfigError(f"{value!r} names no field; give a comma-separated list such as NAME,STATUS")
     return items
 
 
@@ -41,6 +41,8 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--where", help="SQL where clause evaluated by the server.")
 @click.option("--fields", help="Comma-separated fields to fetch (the OID field is always kept).")
 @click.option("--rename", multiple=True, help="Rename a field, OLD=NEW (repeatable).")
+@click.option("--drop", help="Comma-separated fields to leave out of the output.")
+@click.option("--cast", multiple=True, help="Cast a field, NAME=TYPE (int, bigint, double, string, date; repeatable).")
 @click.option("--decode-domains", is_flag=True, help="Replace coded-value domain codes by their labels.")
 @click.option("--t-srs", "t_srs", help="Reproject to this CRS (EPSG code, WKT or PROJ string).")
 @click.option("--server-side-reproject", is_flag=True, help="Ask the server for --t-srs (outSR) instead of pyproj.")
@@ -68,6 +70,8 @@ def pull_cmd(
     where: str | None,
     fields: str | None,
     rename: tuple[str, ...],
+    drop: str | None,
+    cast: tuple[str, ...],
     decode_domains: bool,
     t_srs: str | None,
     server_side_reproject: bool,
@@ -100,9 +104,13 @@ def pull_cmd(
     auth = build_auth(token, api_key, username, password, token_url)
     transformers: list[Transformer] = []
     renames = _pairs(rename, "--rename")
-    if renames or decode_domains:
+    casts = _pairs(cast, "--cast")
+    drops = _csv(drop) if drop is not None else None
+    if renames or casts or drops or decode_domains:
         fields_cls = load("transformers", "fields")
-        transformers.append(fields_cls(rename=renames or None, decode_domains=decode_domains))
+        transformers.append(
+            fields_cls(rename=renames or None, drop=drops, cast=casts or None, decode_domains=decode_domains)
+        )
     if clip is not None or clip_file is not None:
         clip_cls = load("transformers", "clip")
         transformers.append(clip_cls.from_cli(clip, clip_file, clip_crs))
@@ -112,7 +120,9 @@ def pull_cmd(
         reproject_cls = load("transformers", "reproject")
         transformers.append(reproject_cls(t_srs, server_side=server_side_reproject))
         if server_side_reproject and transformers[0] is not transformers[-1]:
-            raise ConfigError("--server-side-reproject cannot be combined with --clip or --rename; drop one")
+            raise ConfigError(
+                "--server-side-reproject cannot be combined with --clip or field options; drop one of them"
+            )
     elif server_side_reproject:
         raise ConfigError("--server-side-reproject needs --t-srs")
     extractor = FeatureLayerExtractor(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -140,23 +139,3 @@ def atomic_file(target: Path, overwrite: bool) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-
-
-@contextlib.contextmanager
-def atomic_dir(target: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temp folder beside ``target`` for multi-file outputs (shapefile sidecars).
-
-    The caller writes files named like the final ones into the folder; on success each
-    is moved next to ``target`` (sidecars first, the file named ``target`` last, so the
-    main file appears only when its sidecars are in place). On failure the folder is removed.
-    """
-    check_target(target, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
-    try:
-        yield tmp
-        check_target(target, overwrite)
-        files = sorted(tmp.iterdir(), key=lambda p: p.name == target.name)
-        for f in files:
-            os.replace(f, target.parent / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ags_etl.errors import ConfigError, OutputExistsError
-from ags_etl.loaders.base import atomic_dir, atomic_file, check_target
+from ags_etl.loaders.base import atomic_file, check_target
 
 
 def test_atomic_file_appears_only_on_success_with_normal_mode(tmp_path: Path) -> None:
@@ -33,14 +33,6 @@ def test_atomic_file_failure_keeps_earlier_output(tmp_path: Path) -> None:
             raise RuntimeError("boom")
     assert target.read_text() == "earlier"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
-
-
-def test_atomic_dir_moves_main_file_last(tmp_path: Path) -> None:
-    target = tmp_path / "roads.shp"
-    with atomic_dir(target, overwrite=False) as tmp:
-        for ext in (".shp", ".shx", ".dbf"):
-            (tmp / f"roads{ext}").write_text(ext)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["roads.dbf", "roads.shp", "roads.shx"]
 
 
 def test_check_target(tmp_path: Path) -> None:
