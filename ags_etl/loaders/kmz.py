@@ -39,7 +39,7 @@ reads no layer from a document that uses a prefix):
   CapabilityError: a KMZ of placemarks without locations is of no use in the viewers
   KMZ is made for; write GeoJSON or GeoParquet instead.
 
-Coordinates become text in numpy (:func:`ags_etl.loaders.geojson.sequence_text`: a
+Coordinates become text in numpy (:func:`ags_etl.loaders.text.sequence_text`: a
 character matrix per batch, digits by table lookup), everything else is assembled with
 vectorised Arrow kernels (cast, join, take, replace) over a whole batch, and the
 finished batch is written from the Arrow data buffer: no Python work per feature or
@@ -63,7 +63,7 @@ import pyarrow.compute as pc
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import CapabilityError, ConfigError, LoadError
 from ags_etl.loaders.base import WGS84, Loader, LoaderCapabilities, LoadStats, atomic_file
-from ags_etl.loaders.geojson import (
+from ags_etl.loaders.text import (
     LSTR,
     check_batch_crs,
     decompose_geometries,

@@ -55,6 +55,7 @@ LINESTRING = shapely.LineString([(-122.4194155, 37.7749295), (-122.2711137, 37.8
 MULTILINESTRING = shapely.MultiLineString([[(0.5, 0.5), (1.5, 1.5)], [(179.9999999, -89.9999999), (-179.9999999, 89.9999999)]])
 POINT_ORIGIN = shapely.Point(0, 0)
 POINT_ROUNDED = shapely.Point(-0.123456789, 51.987654321)  # more decimals than written
+POLY_CW = shapely.Polygon([(0, 0), (0, 1), (1, 1), (1, 0), (0, 0)])  # exterior clockwise (Esri winding)
 
 #: One dict per feature: every attribute in Python form, plus "geometry".
 ROWS: list[dict[str, Any]] = [

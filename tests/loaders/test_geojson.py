@@ -17,11 +17,12 @@ from pyproj import CRS
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import CapabilityError, ConfigError, GeometryError, OutputExistsError
-from ags_etl.loaders.geojson import GeoJSONLoader, GeoJSONSeqLoader, _orient_fallback, orient_right_hand, sequence_text
+from ags_etl.loaders.geojson import GeoJSONLoader, GeoJSONSeqLoader
 from ags_etl.schema import Field
 from tests.loaders._data_geojson_kmz import (
     FIELDS,
     LONG_TEXT,
+    POLY_CW,
     ROWS,
     batch,
     expected_json_value,
@@ -213,9 +214,6 @@ def test_mixed_z_collections_and_empty_geometries(tmp_path: Path) -> None:
     assert geoms[5] == {"type": "MultiPoint", "coordinates": [[0.0, 0.0], [1.0, 1.0]]}
 
 
-POLY_CW = shapely.Polygon([(0, 0), (0, 1), (1, 1), (1, 0), (0, 0)])
-
-
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_non_finite_coordinates_are_refused(tmp_path: Path) -> None:
     bad = batch([{**ROWS[0], "geometry": shapely.LineString([(0, 0), (float("nan"), 1)])}])
@@ -343,16 +341,6 @@ def test_capabilities() -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def test_orient_fallback_matches_orient_polygons() -> None:
-    geoms = geometry_array([POLY_CW, ROWS[1]["geometry"], ROWS[2]["geometry"], None, shapely.Point(0, 0),
-                            shapely.GeometryCollection([POLY_CW, shapely.Point(1, 1)]), shapely.from_wkt("POLYGON EMPTY")])
-    fallback = _orient_fallback(geoms)
-    main = orient_right_hand(geoms)
-    for a, b in zip(fallback, main):
-        assert (a is None and b is None) or shapely.equals_exact(a, b, tolerance=0), (a, b)
-    assert signed_area(shapely.get_coordinates(fallback[0].exterior)) > 0
-
-
 def test_dates_as_written_by_pyarrow_timestamp_units(tmp_path: Path) -> None:
     """Seconds and microseconds timestamps (not only Esri's ms) come out as ISO UTC too."""
     table = pa.table(
@@ -378,34 +366,3 @@ def test_large_batch_round_trips(tmp_path: Path) -> None:
     coords = np.array([f["geometry"]["coordinates"] for f in features])
     assert np.array_equal(coords, np.round(np.column_stack([x, y]), 7))
     assert [f["properties"]["VALUE"] for f in features] == [r["VALUE"] for r in rows]
-
-
-@pytest.mark.parametrize("precision", [0, 1, 4, 7, 9])
-@pytest.mark.parametrize("strip", [True, False])
-def test_sequence_text_numbers_match_python_formatting(precision: int, strip: bool) -> None:
-    """The numpy number formatter agrees with '%.Nf' (trailing zeros stripped when asked)."""
-    rng = np.random.default_rng(precision)
-    # Values away from decimal ties, so binary rounding cannot differ from decimal rounding.
-    base = np.round(rng.uniform(-180, 180, 2000), precision + 2) + 10.0 ** -(precision + 3)
-    values = np.concatenate([base, [0.0, -0.0, 1e-12, -1e-12, 0.5, -0.5, 10.0, -100.0, 999.25, 1234567.0]])
-    coords = np.column_stack([values, values[::-1]])
-    text = sequence_text(coords, np.ones(len(values), dtype=np.int64), precision, strip=strip).to_pylist()
-
-    def fmt(v: float) -> str:
-        s = f"{v:.{precision}f}"
-        if strip and "." in s:
-            s = s.rstrip("0").rstrip(".")
-        return s[1:] if s.startswith("-") and float(s) == 0 else s  # no "-0"
-
-    assert text == [f"{fmt(a)},{fmt(b)}" for a, b in coords]
-
-
-def test_sequence_text_joins_and_wraps() -> None:
-    coords = np.array([[1.0, 2.0], [3.5, -4.0], [5.0, 6.0], [7.0, 8.0, ]])
-    got = sequence_text(coords, np.array([2, 0, 1, 1]), 7, strip=True, tuple_open=b"[", tuple_close=b"]",
-                        between=b",", seq_open=b"[", seq_close=b"]", wrap=np.array([True, True, False, True])).to_pylist()
-    assert got == ["[[1,2],[3.5,-4]]", "", "[5,6]", "[[7,8]]"]
-    xyz = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, np.nan]])
-    assert sequence_text(xyz, np.array([2]), 2, strip=False).to_pylist() == ["1.00,2.00,3.00 4.00,5.00"]
-    with pytest.raises(GeometryError, match="too large"):
-        sequence_text(np.array([[1e9, 0.0]]), np.array([1]), 7, strip=True)
