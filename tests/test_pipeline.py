@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import geopandas
+import numpy as np
 import pyogrio
 import pytest
 import shapely
@@ -40,6 +41,12 @@ def url(base: str) -> str:
     return f"{base}/arcgis/rest/services/polygons/FeatureServer/0"
 
 
+def to_crs(geom: shapely.Geometry, to: str | int) -> shapely.Geometry:
+    """``geom`` from EPSG:4326 into ``to`` with pyproj's own transformer (the reference)."""
+    t = Transformer.from_crs(4326, to, always_xy=True)
+    return shapely.transform(geom, lambda xy: np.column_stack(t.transform(xy[:, 0], xy[:, 1])))
+
+
 def expected_clipped(box: tuple[float, float, float, float], to: str | None) -> dict[int, shapely.Geometry]:
     area = shapely.box(*box)
     out = {}
@@ -51,8 +58,7 @@ def expected_clipped(box: tuple[float, float, float, float], to: str | None) -> 
         if cut.is_empty or cut.area == 0:
             continue
         if to is not None:
-            t = Transformer.from_crs(4326, to, always_xy=True)
-            cut = shapely.transform(cut, lambda xy: __import__("numpy").column_stack(t.transform(xy[:, 0], xy[:, 1])))
+            cut = to_crs(cut, to)
         out[oid] = cut
     return out
 
@@ -74,7 +80,7 @@ def test_python_api_clip_then_reproject_to_geoparquet(server: str, tmp_path: Pat
     assert result.features == len(expected)
     df = geopandas.read_parquet(out)
     assert df.crs.equals(CRS.from_epsg(3857))
-    assert_geoms_match(dict(zip(df["OBJECTID"].astype(int), df.geometry.values)), expected, 1e-9)
+    assert_geoms_match(dict(zip(df["OBJECTID"].astype(int), df.geometry.values, strict=True)), expected, 1e-9)
 
 
 def test_pull_flags_clip_reproject(server: str, tmp_path: Path) -> None:
@@ -86,14 +92,12 @@ def test_pull_flags_clip_reproject(server: str, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     df = geopandas.read_parquet(out)
-    assert_geoms_match(dict(zip(df["OBJECTID"].astype(int), df.geometry.values)),
+    assert_geoms_match(dict(zip(df["OBJECTID"].astype(int), df.geometry.values, strict=True)),
                        expected_clipped(BOX, "EPSG:3857"), 1e-9)
 
 
 def test_pull_clip_file_in_another_crs_to_geojson(server: str, tmp_path: Path) -> None:
-    t = Transformer.from_crs(4326, 3857, always_xy=True)
-    mask_3857 = shapely.transform(shapely.box(*BOX).segmentize(0.0005),
-                                  lambda xy: __import__("numpy").column_stack(t.transform(xy[:, 0], xy[:, 1])))
+    mask_3857 = to_crs(shapely.box(*BOX).segmentize(0.0005), 3857)
     mask_file = tmp_path / "mask.geojson"
     geopandas.GeoDataFrame(geometry=[mask_3857], crs=3857).to_file(mask_file)
     out = tmp_path / "clipped.geojson"
@@ -106,7 +110,7 @@ def test_pull_clip_file_in_another_crs_to_geojson(server: str, tmp_path: Path) -
     assert "crs" not in json.loads(out.read_text())
     df = pyogrio.read_dataframe(out)
     # The mask was densified in 3857; allow for the curve of its edges in 4326.
-    assert_geoms_match(dict(zip(df["OBJECTID"].astype(int), df.geometry.values)), expected_clipped(BOX, None), 1e-4)
+    assert_geoms_match(dict(zip(df["OBJECTID"].astype(int), df.geometry.values, strict=True)), expected_clipped(BOX, None), 1e-4)
 
 
 def test_geojson_loader_gets_4326_automatically(server: str, tmp_path: Path) -> None:
@@ -118,7 +122,7 @@ def test_geojson_loader_gets_4326_automatically(server: str, tmp_path: Path) -> 
     assert result.schema.crs.equals(CRS.from_epsg(4326))
     df = pyogrio.read_dataframe(out)
     exp = expected_rows("polygons", N)
-    for oid, g in zip(df["OBJECTID"].astype(int), df.geometry.values):
+    for oid, g in zip(df["OBJECTID"].astype(int), df.geometry.values, strict=True):
         if exp[oid]["geometry"] is not None:
             assert shapely.normalize(g).equals_exact(shapely.normalize(exp[oid]["geometry"]), 1e-6)
 
@@ -135,7 +139,7 @@ def test_pull_field_options_and_server_side_reprojection(server: str, tmp_path: 
     assert "LABEL" in df.columns and "NAME" not in df.columns and "VALUE" not in df.columns
     assert str(df["COUNT"].dtype) == "float64"
     exp = expected_rows("polygons", N)
-    for oid, label in zip(df["OBJECTID"].astype(int), df["LABEL"]):
+    for oid, label in zip(df["OBJECTID"].astype(int), df["LABEL"], strict=True):
         assert (label if isinstance(label, str) else None) == exp[oid]["NAME"]
 
     server_side = tmp_path / "server_side.parquet"
@@ -150,7 +154,7 @@ def test_pull_field_options_and_server_side_reprojection(server: str, tmp_path: 
     client = tmp_path / "client.parquet"
     Pipeline(FeatureLayerExtractor(url(server)), [Reproject("EPSG:3857")], GeoParquetLoader(client)).run()
     mine = geopandas.read_parquet(client)
-    for a, b in zip(got.sort_values("OBJECTID").geometry.values, mine.sort_values("OBJECTID").geometry.values):
+    for a, b in zip(got.sort_values("OBJECTID").geometry.values, mine.sort_values("OBJECTID").geometry.values, strict=True):
         assert (a is None) == (b is None)
         if a is not None:
             assert shapely.normalize(a).equals_exact(shapely.normalize(b), 1e-3)  # metres

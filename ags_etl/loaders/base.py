@@ -139,3 +139,20 @@ def atomic_file(target: Path, overwrite: bool) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def check_batch_crs(loader: str, batch: FeatureBatch, expected: CRS | None) -> None:
+    """Refuse a batch whose geometries are in another CRS than the writer was opened for.
+
+    ``batch.crs is None`` is accepted (the schema was checked when the writer opened);
+    tables pass. Raises CapabilityError naming both CRSs and the fix.
+    """
+    if batch.geometry is None or batch.crs is None or batch.crs is expected:
+        return
+    if expected is None or not batch.crs.equals(expected, ignore_axis_order=True):
+        from ags_etl.crs import describe_crs
+
+        raise CapabilityError(
+            f"{loader}: a batch arrived in {describe_crs(batch.crs)}, the output was opened for "
+            f"{describe_crs(expected)}; reproject every batch to that CRS before this loader"
+        )

@@ -60,10 +60,9 @@ import shapely
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import CapabilityError, ConfigError, GeometryError
-from ags_etl.loaders.base import WGS84, Loader, LoaderCapabilities, LoadStats, atomic_file
+from ags_etl.loaders.base import WGS84, Loader, LoaderCapabilities, LoadStats, atomic_file, check_batch_crs
 from ags_etl.loaders.text import (
     LSTR,
-    check_batch_crs,
     decompose_geometries,
     iso_timestamps,
     join,
@@ -287,7 +286,7 @@ class GeoJSONWriter:
 
     def write(self, batch: FeatureBatch) -> None:
         """Append the batch's features. Raises CapabilityError for a batch not in EPSG:4326."""
-        check_batch_crs(self._loader, batch)
+        check_batch_crs(self._loader, batch, WGS84)
         if len(batch) == 0:
             return
         text = self.features_text(batch)

@@ -48,11 +48,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
-from pyproj import CRS
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import ConfigError, LoadError
-from ags_etl.loaders.base import Loader, LoaderCapabilities, LoadStats, atomic_file
+from ags_etl.loaders.base import Loader, LoaderCapabilities, LoadStats, atomic_file, check_batch_crs
 from ags_etl.schema import LayerSchema
 
 __all__ = ["DEFAULT_ROW_GROUP_BYTES", "DEFAULT_ROW_GROUP_SIZE", "GEOPARQUET_VERSION", "GeoParquetLoader"]
@@ -95,7 +94,6 @@ class _GeoParquetWriter:
         self.stats = stats
         self._layer = schema.name
         self._crs = schema.crs
-        self._crs_checked: CRS | None = schema.crs
         self._row_group_size = row_group_size
         self._row_group_bytes = row_group_bytes
         self._attr_schema = schema.arrow_schema()
@@ -127,7 +125,7 @@ class _GeoParquetWriter:
 
     def write(self, batch: FeatureBatch) -> None:
         """Convert ``batch`` and buffer it; full row groups are written at once."""
-        self._check_crs(batch)
+        check_batch_crs("geoparquet", batch, self._crs)
         if len(batch) == 0:
             return
         table = self._attributes(batch)
@@ -195,23 +193,6 @@ class _GeoParquetWriter:
         self._buffer = [rest] if rest.num_rows else []
         self._buffered = rest.num_rows
         self._buffered_bytes = rest.nbytes if rest.num_rows else 0
-
-    def _check_crs(self, batch: FeatureBatch) -> None:
-        if not self._has_geometry or batch.crs is self._crs_checked:
-            return
-        same = (
-            batch.crs is not None
-            and self._crs is not None
-            and (batch.crs == self._crs or batch.crs.equals(self._crs, ignore_axis_order=True))
-        ) or (batch.crs is None and self._crs is None)
-        if not same:
-            from ags_etl.crs import describe_crs
-
-            raise LoadError(
-                f"geoparquet: a batch is in {describe_crs(batch.crs)} but layer {self._layer!r} was opened for "
-                f"{describe_crs(self._crs)}; reproject every batch to the schema's CRS before the loader"
-            )
-        self._crs_checked = batch.crs
 
     def _attributes(self, batch: FeatureBatch) -> pa.Table:
         table = batch.attributes

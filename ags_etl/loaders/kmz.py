@@ -62,10 +62,9 @@ import pyarrow.compute as pc
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import CapabilityError, ConfigError, LoadError
-from ags_etl.loaders.base import WGS84, Loader, LoaderCapabilities, LoadStats, atomic_file
+from ags_etl.loaders.base import WGS84, Loader, LoaderCapabilities, LoadStats, atomic_file, check_batch_crs
 from ags_etl.loaders.text import (
     LSTR,
-    check_batch_crs,
     decompose_geometries,
     iso_timestamps,
     join,
@@ -277,7 +276,7 @@ class KMLWriter:
 
     def write(self, batch: FeatureBatch) -> None:
         """Append the batch as Placemarks. Raises CapabilityError for a batch not in EPSG:4326."""
-        check_batch_crs("kmz", batch)
+        check_batch_crs("kmz", batch, WGS84)
         if len(batch) == 0:
             return
         text = self._placemarks(batch)

@@ -74,7 +74,14 @@ from pyproj import CRS
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import CapabilityError, ConfigError, LoadError, OutputExistsError
-from ags_etl.loaders.base import Loader, LoaderCapabilities, LoadStats, atomic_file, check_target
+from ags_etl.loaders.base import (
+    Loader,
+    LoaderCapabilities,
+    LoadStats,
+    atomic_file,
+    check_batch_crs,
+    check_target,
+)
 from ags_etl.schema import Field, LayerSchema
 
 __all__ = ["DEFAULT_MAX_PART_BYTES", "ShapefileLoader", "shapefile_field_names"]
@@ -438,7 +445,6 @@ class _ShapefileWriter:
         self._dbf_header = 32 + 32 * n_fields + 1
         self._base_widths = [f.width for f in plan.fields] if plan.fields else [11]
         self._widths = list(self._base_widths)
-        self._crs_checked: CRS | None = schema.crs
         # counters for the end-of-run warnings
         self._cut_strings: dict[str, int] = {}
         self._bad_reals: dict[str, int] = {}
@@ -467,7 +473,7 @@ class _ShapefileWriter:
     def _write(self, batch: FeatureBatch) -> None:
         if self._closed:
             raise LoadError("shapefile: write() after the output was closed; write inside the with-block")
-        self._check_crs(batch)
+        check_batch_crs("shapefile", batch, self._crs)
         n = len(batch)
         if n == 0:
             return
@@ -626,21 +632,6 @@ class _ShapefileWriter:
         return record
 
     # ---------------------------------------------------------------- conversion
-
-    def _check_crs(self, batch: FeatureBatch) -> None:
-        if batch.crs is self._crs_checked:
-            return
-        same = (
-            batch.crs is not None
-            and self._crs is not None
-            and (batch.crs == self._crs or batch.crs.equals(self._crs, ignore_axis_order=True))
-        ) or (batch.crs is None and self._crs is None)
-        if not same:
-            raise LoadError(
-                f"shapefile: a batch is in {_describe(batch.crs)} but layer {self._layer!r} was opened for "
-                f"{_describe(self._crs)}; reproject every batch to the schema's CRS before the loader"
-            )
-        self._crs_checked = batch.crs
 
     def _check_types(self, type_ids: np.ndarray) -> None:
         allowed = np.isin(type_ids, list(self._plan.allowed_type_ids)) | (type_ids < 0)

@@ -29,9 +29,8 @@ Contracts:
   large to round exactly (``|value| * 10**precision >= 2**53``).
 * **Values**: :func:`iso_timestamps` gives ISO 8601 UTC text for a timestamp column
   (``1965-03-01T00:00:00Z``, milliseconds only where a value has them); nulls stay null.
-* **Options and batches**: :func:`validate_precision` and :func:`reject_unknown_options`
-  raise ConfigError naming the loader and the value; :func:`check_batch_crs` raises
-  CapabilityError for a batch whose geometries are not in EPSG:4326.
+* **Options**: :func:`validate_precision` and :func:`reject_unknown_options`
+  raise ConfigError naming the loader and the value.
 """
 
 from __future__ import annotations
@@ -46,14 +45,11 @@ import pyarrow.compute as pc
 import shapely
 from shapely.geometry.polygon import orient as _orient_one
 
-from ags_etl.batch import FeatureBatch
-from ags_etl.errors import CapabilityError, ConfigError, GeometryError
-from ags_etl.loaders.base import WGS84
+from ags_etl.errors import ConfigError, GeometryError
 
 __all__ = [
     "LSTR",
     "GeometryParts",
-    "check_batch_crs",
     "decompose_geometries",
     "iso_timestamps",
     "join",
@@ -137,20 +133,6 @@ def reject_unknown_options(loader: str, options: dict[str, Any], known: tuple[st
         raise ConfigError(
             f"{loader}: unknown option(s) {', '.join(map(repr, unknown))}; "
             f"this loader takes {', '.join(known) if known else 'no options'}"
-        )
-
-
-def check_batch_crs(loader: str, batch: FeatureBatch) -> None:
-    """Refuse a batch with geometries in a CRS other than EPSG:4326 (CapabilityError).
-
-    ``batch.crs is None`` is accepted: the schema was checked when the writer opened.
-    """
-    if batch.geometry is None or batch.crs is None or batch.crs is WGS84:
-        return
-    if not batch.crs.equals(WGS84, ignore_axis_order=True):
-        raise CapabilityError(
-            f"{loader}: a batch arrived in {batch.crs.to_string()}, the output needs EPSG:4326; "
-            f"reproject to EPSG:4326 before this loader"
         )
 
 

@@ -170,7 +170,7 @@ def test_cook_county_parcels_agree_with_gdal(tmp_path: Path) -> None:
     assert len(gdal) == len(ours) == 500
     assert sum(1 for g in ours if g.geom_type == "MultiPolygon") > 0
     assert sum(len(g.interiors) for g in ours if g.geom_type == "Polygon") > 0
-    for mine, theirs in zip(ours, gdal.geometry.values):
+    for mine, theirs in zip(ours, gdal.geometry.values, strict=True):
         assert shapely.normalize(mine).equals_exact(shapely.normalize(theirs), 1e-6)
 
 

@@ -68,7 +68,7 @@ def test_pull_geojson_matches_source(server: str, tmp_path: Path) -> None:
     df = pyogrio.read_dataframe(out)
     expected = expected_rows("polygons", N)
     assert sorted(df["OBJECTID"]) == sorted(expected)
-    for oid, name, geom in zip(df["OBJECTID"], df["NAME"], df.geometry.values):
+    for oid, name, geom in zip(df["OBJECTID"], df["NAME"], df.geometry.values, strict=True):
         exp = expected[int(oid)]
         assert (None if name is None or name != name else name) == exp["NAME"]
         if exp["geometry"] is None:

@@ -8,7 +8,6 @@ their exteriors and ignores resultOffset without resultRecordCount (../shared/no
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 

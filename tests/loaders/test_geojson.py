@@ -86,7 +86,7 @@ def test_collection_structure_ids_and_properties(tmp_path: Path) -> None:
     assert data["name"] == "test layer & <friends>"
     features = data["features"]
     assert len(features) == len(ROWS)
-    for feature, row in zip(features, ROWS):
+    for feature, row in zip(features, ROWS, strict=True):
         assert feature["type"] == "Feature"
         assert "crs" not in feature
         assert feature["id"] == row["OBJECTID"]

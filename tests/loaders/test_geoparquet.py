@@ -101,7 +101,7 @@ def test_round_trip_validator_geopandas_and_metadata(tmp_path: Path, kind: str, 
 
     # covering column: the bounds of each geometry, null where there is none
     bbox = table.column("bbox").to_pylist()
-    for g, b in zip(source.geometry, bbox):
+    for g, b in zip(source.geometry, bbox, strict=True):
         if g is None:
             assert b is None
         else:

@@ -158,7 +158,7 @@ def test_document_parts(tmp_path: Path) -> None:
 def test_names_and_extended_data_survive_escaping(tmp_path: Path) -> None:
     marks = placemarks(doc_kml(write(KMZLoader(tmp_path / "out.kmz"), batch())))
     assert len(marks) == len(ROWS)
-    for mark, row in zip(marks, ROWS):
+    for mark, row in zip(marks, ROWS, strict=True):
         assert mark.findtext("k:name", namespaces=NS) == row["NAME"]  # None when NAME is null: no <name>
         values = data_values(mark)
         for f in FIELDS:
@@ -215,7 +215,7 @@ def test_without_oid_ids_are_row_numbers(tmp_path: Path, kml_schema: etree.XMLSc
 
 def test_geometries_match_input(tmp_path: Path) -> None:
     marks = placemarks(doc_kml(write(KMZLoader(tmp_path / "out.kmz"), batch())))
-    for mark, row in zip(marks, ROWS):
+    for mark, row in zip(marks, ROWS, strict=True):
         got = geometry_of(mark)
         expected = None if row["geometry"] is None else rounded(row["geometry"])
         assert same_shape(got, expected, tolerance=0), (row["OBJECTID"], got, expected)

@@ -101,7 +101,7 @@ def test_points_round_trip_values_types_names_crs_cpg(tmp_path: Path) -> None:
     assert info["features"] == n
     assert info["geometry_type"] == "Point"
     assert list(info["fields"]) == list(EXPECTED_NAMES.values())
-    types = dict(zip(info["fields"], info["ogr_types"]))
+    types = dict(zip(info["fields"], info["ogr_types"], strict=True))
     assert types["OBJECTID"] == types["COUNT"] == types["BIG"] == "OFTInteger64"
     assert types["SMALL"] == "OFTInteger"
     assert types["SHAPE_Leng"] == types["RATIO"] == "OFTReal"
@@ -120,7 +120,7 @@ def test_points_round_trip_values_types_names_crs_cpg(tmp_path: Path) -> None:
         want = [expected_value(original, v) for v in source[original]]
         if original in ("SHAPE_Length", "RATIO"):
             assert [g is None for g in got] == [w is None for w in want], original
-            pairs = [(g, w) for g, w in zip(got, want) if w is not None]
+            pairs = [(g, w) for g, w in zip(got, want, strict=True) if w is not None]
             assert pairs and all(g == pytest.approx(w, rel=1e-12, abs=1e-9) for g, w in pairs), original
         else:
             assert got == want, original

@@ -16,7 +16,7 @@ def test_orient_fallback_matches_orient_polygons() -> None:
                             shapely.GeometryCollection([POLY_CW, shapely.Point(1, 1)]), shapely.from_wkt("POLYGON EMPTY")])
     fallback = _orient_fallback(geoms)
     main = orient_right_hand(geoms)
-    for a, b in zip(fallback, main):
+    for a, b in zip(fallback, main, strict=True):
         assert (a is None and b is None) or shapely.equals_exact(a, b, tolerance=0), (a, b)
     assert signed_area(shapely.get_coordinates(fallback[0].exterior)) > 0
 

@@ -67,7 +67,7 @@ def test_4326_to_3857_matches_pyproj_and_the_mercator_formula() -> None:
     pts = geoms(["POINT (-122.4194 37.7749)", "POINT (0 0)", "POINT (179.5 -60)"])
     out = shapely.get_coordinates(rp(batch(layer("esriGeometryPoint", 4326), pts)).geometry)
     r = 6378137.0
-    for (lon, lat), (x, y) in zip(shapely.get_coordinates(pts), out):
+    for (lon, lat), (x, y) in zip(shapely.get_coordinates(pts), out, strict=True):
         assert x == pytest.approx(r * math.radians(lon), abs=1e-6)
         assert y == pytest.approx(r * math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)), abs=1e-6)
 
