@@ -59,6 +59,7 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--response-format", type=click.Choice(["json", "geojson"]), default="json", show_default=True)
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per request.")
 @click.option("--retries", type=int, default=5, show_default=True, help="Retries of a failed request.")
+@click.option("--name-field", help="KMZ: the field that names each placemark (default: the first string field).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (only once the new one is complete).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @auth_options
@@ -84,6 +85,7 @@ def pull_cmd(
     response_format: str,
     timeout: float,
     retries: int,
+    name_field: str | None,
     overwrite: bool,
     quiet: bool,
     token: str | None,
@@ -99,7 +101,13 @@ def pull_cmd(
     """
     # Everything below is checked before the first request.
     path = Path(output)
-    loader_cls = load("loaders", loader_name_for_path(path, fmt))
+    loader_name = loader_name_for_path(path, fmt)
+    loader_cls = load("loaders", loader_name)
+    loader_options: dict[str, str] = {}
+    if name_field is not None:
+        if loader_name != "kmz":
+            raise ConfigError(f"--name-field applies to KMZ output only, not {loader_name}; drop it")
+        loader_options["name_field"] = name_field
     check_target(path, overwrite)
     auth = build_auth(token, api_key, username, password, token_url)
     transformers: list[Transformer] = []
@@ -137,7 +145,7 @@ def pull_cmd(
         timeout=timeout,
         retries=retries,
     )
-    loader = loader_cls(path, overwrite=overwrite)
+    loader = loader_cls(path, overwrite=overwrite, **loader_options)
     result = Pipeline(extractor, transformers, loader).run()
     if not quiet:
         ex = result.extract

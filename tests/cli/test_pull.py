@@ -220,3 +220,24 @@ def test_token_and_api_key_from_options_and_environment(data_dir: Path, tmp_path
             assert proc.returncode == 0, proc.stderr
             assert token not in proc.stderr + proc.stdout
             assert f"wrote {N} features" in proc.stderr
+
+
+def test_kmz_placemark_names_from_a_chosen_field(server: str, tmp_path: Path) -> None:
+    import zipfile
+
+    from lxml import etree
+
+    out = tmp_path / "points.kmz"
+    proc = ags("pull", url(server, "points"), "-o", str(out), "--name-field", "COUNT")
+    assert proc.returncode == 0, proc.stderr
+    with zipfile.ZipFile(out) as z:
+        assert z.namelist()[0] == "doc.kml"
+        doc = etree.fromstring(z.read("doc.kml"))
+    ns = {"k": "http://www.opengis.net/kml/2.2"}
+    names = {pm.get("id"): pm.findtext("k:name", namespaces=ns) for pm in doc.iterfind(".//k:Placemark", ns)}
+    expected = expected_rows("points", N)
+    assert len(names) == N
+    for oid, row in expected.items():
+        assert (names[f"f{oid}"] or None) == (None if row["COUNT"] is None else str(row["COUNT"]))
+    bad = ags("pull", url(server, "points"), "-o", str(tmp_path / "p.geojson"), "--name-field", "COUNT")
+    assert bad.returncode == 2 and "KMZ output only" in one_error_line(bad)
