@@ -159,13 +159,14 @@ class ArcGISClient:
                     f"fix the server certificate or install its CA (REQUESTS_CA_BUNDLE); verification stays on"
                 ) from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                last = f"{type(exc).__name__}: {redact(str(exc))[:200]}"
+                last = _connection_reason(exc, self.timeout)
                 if attempt < self.retries:
                     log.info("%s %s failed (%s); retrying", method, where, type(exc).__name__)
                     self._sleep(attempt)
                     continue
+                tries = "1 attempt" if attempt == 0 else f"{attempt + 1} attempts"
                 raise TransientError(
-                    f"could not reach {where} after {attempt + 1} attempts ({last}); "
+                    f"could not reach {where} after {tries} ({last}); "
                     f"check the URL and your network, or raise --timeout"
                 ) from exc
             except requests.exceptions.RequestException as exc:
@@ -223,6 +224,30 @@ class ArcGISClient:
                 raise QueryError(text, code=code, details=details)
             raise ServiceError(text, code=code, details=details)
         raise TransientError(f"{where}: {last}")  # pragma: no cover - loop always returns or raises
+
+
+_REASONS = (
+    ("refused", "connection refused"),
+    ("name or service not known", "host name not found"),
+    ("nodename nor servname", "host name not found"),
+    ("temporary failure in name resolution", "host name not found"),
+    ("reset by peer", "connection reset"),
+    ("remotedisconnected", "connection closed by the server"),
+    ("network is unreachable", "network unreachable"),
+)
+
+
+def _connection_reason(exc: requests.exceptions.RequestException, timeout: float) -> str:
+    """A short cause for a failed connection (urllib3's text repeats the URL with its query)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return f"no connection within {timeout:g} s"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"no answer within {timeout:g} s"
+    text = str(exc).lower()
+    for needle, reason in _REASONS:
+        if needle in text:
+            return reason
+    return type(exc).__name__
 
 
 def _error_parts(error: Any) -> tuple[int | None, str | None, list[str]]:

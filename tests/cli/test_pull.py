@@ -102,7 +102,9 @@ def test_unreachable_host(tmp_path: Path) -> None:
     proc = ags("pull", "http://127.0.0.1:9/arcgis/rest/services/x/FeatureServer/0", "-o", str(out),
                "--retries", "0")
     assert proc.returncode == 1
-    assert "could not reach http://127.0.0.1:9/" in one_error_line(proc)
+    line = one_error_line(proc)
+    assert "could not reach http://127.0.0.1:9/arcgis/rest/services/x/FeatureServer/0 after 1 attempt" in line
+    assert "(connection refused)" in line
     assert not out.exists()
 
 
