@@ -10,7 +10,7 @@ import click
 from ags_etl.arcgis.client import ArcGISClient, display_url
 from ags_etl.cli._common import auth_options, build_auth, handle_errors
 from ags_etl.crs import describe_crs
-from ags_etl.errors import NotALayerError
+from ags_etl.errors import ArcGISError, NotALayerError
 from ags_etl.extractors.feature_layer import FeatureLayerExtractor, validate_url
 
 
@@ -77,8 +77,14 @@ def inspect_cmd(
                     "pageSize": plan.page_size,
                     "fields": [{"name": f.name, "type": f.esri_type} for f in info.schema.fields],
                 }
-        except NotALayerError:
-            report = _service_summary(client, url)
+        except NotALayerError as not_a_layer:
+            # Maybe a service, folder or catalog URL: show what it holds.
+            try:
+                report = _service_summary(client, url)
+            except ArcGISError:
+                raise not_a_layer from None
+            if not any(key in report for key in ("layers", "tables", "services", "folders")):
+                raise not_a_layer
     if as_json:
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
         return

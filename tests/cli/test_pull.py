@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,20 +16,10 @@ import pytest
 import shapely
 
 from ags_etl.server.testing import run_server
+from tests.cli.helpers import N, ags, one_error_line, url
 from tests.layers import expected_rows, write_layer
 from tests.misbehaving_proxy import Misbehaviour, misbehaving_proxy
 
-N = 90
-
-
-def ags(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from ags_etl.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +34,6 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(data_dir: Path) -> Iterator[str]:
     with run_server(data_dir, "--max-record-count", "7") as base:
         yield base
-
-
-def url(base: str, name: str) -> str:
-    return f"{base}/arcgis/rest/services/{name}/FeatureServer/0"
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("ags-etl: error: ")
-    return lines[0]
 
 
 def test_pull_geojson_matches_source(server: str, tmp_path: Path) -> None:
@@ -76,16 +54,6 @@ def test_pull_geojson_matches_source(server: str, tmp_path: Path) -> None:
         else:
             assert shapely.normalize(geom).equals_exact(shapely.normalize(exp["geometry"]), 1e-7)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temp leftovers"
-
-
-def test_inspect_shows_plan(server: str) -> None:
-    proc = ags("inspect", url(server, "points"), "--json")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
-    assert report["count"] == N and report["strategy"] == "oid-list" and report["objectIdField"] == "OBJECTID"
-    assert report["maxRecordCount"] == 7
-    text = ags("inspect", url(server, "points"))
-    assert "strategy: oid-list" in text.stdout
 
 
 def test_bad_where_clause(server: str, tmp_path: Path) -> None:
