@@ -1,0 +1,3 @@
+from ags_etl.cli import main
+
+main()
