@@ -15,6 +15,8 @@ from typing import Any
 
 import shapely
 
+from tests.servers_koop import write_koop_geojson
+
 NAMES = ["Parc de l'Étoile", "公园", "Smith & Sons <b>", 'Quote "q"', "🌳 emoji", "plain", "", None]
 
 
@@ -76,25 +78,18 @@ def make_features(kind: str, n: int, seed: int = 7) -> list[dict[str, Any]]:
 
 
 def write_layer(path: Path, kind: str, n: int, *, koop_max_record_count: int | None = None) -> Path:
-    """Write a FeatureCollection; with ``koop_max_record_count`` add Koop's ``metadata`` block."""
-    fc: dict[str, Any] = {"type": "FeatureCollection", "features": make_features(kind, n)}
+    """Write a FeatureCollection; with ``koop_max_record_count``, in the form Koop needs
+    (``metadata`` with the id field, the page cap and declared field types)."""
+    features = make_features(kind, n)
     if koop_max_record_count is not None:
-        fc["metadata"] = {
-            "idField": "OBJECTID",
-            "maxRecordCount": koop_max_record_count,
-            "fields": [
-                {"name": "OBJECTID", "type": "Integer"},
-                {"name": "NAME", "type": "String"},
-                {"name": "COUNT", "type": "Integer"},
-                {"name": "VALUE", "type": "Double"},
-                {"name": "WHEN", "type": "Date"},
-            ],
-        }
-        for f in fc["features"]:
-            w = f["properties"]["WHEN"]
-            if w is not None:
-                f["properties"]["WHEN"] = int(dt.datetime.strptime(w, "%Y-%m-%dT%H:%M:%SZ").replace(
-                    tzinfo=dt.timezone.utc).timestamp() * 1000)
+        return write_koop_geojson(
+            features,
+            path,
+            max_record_count=koop_max_record_count,
+            date_fields=["WHEN"],
+            field_types={"NAME": "String", "COUNT": "Integer", "VALUE": "Double"},
+        )
+    fc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
     path.write_text(json.dumps(fc, ensure_ascii=False), encoding="utf-8")
     return path
 
