@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl
 
 import orjson
 import requests
+
+from tests.loopback import JSONHandler, serving
 
 
 @dataclass
@@ -44,55 +43,31 @@ class Misbehaviour:
     fail_above: int | None = None
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     upstream: str
     rules: Misbehaviour
     counter: list[int]
     lock: threading.Lock
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-        return
-
-    def _params(self) -> tuple[str, dict[str, str]]:
-        path, _, query = self.path.partition("?")
-        params = dict(parse_qsl(query, keep_blank_values=True))
-        if self.command == "POST":
-            length = int(self.headers.get("Content-Length") or 0)
-            params.update(parse_qsl(self.rfile.read(length).decode(), keep_blank_values=True))
-        return path, params
-
-    def _handle(self) -> None:
-        path, params = self._params()
+    def answer(self, path: str, params: dict[str, str]) -> tuple[int, str, bytes]:
         if self.rules.ignore_offset:
             params.pop("resultOffset", None)
         if self.rules.fail_above is not None and path.endswith("/query"):
             asked = len(params["objectIds"].split(",")) if params.get("objectIds") else int(
                 params.get("resultRecordCount") or 0)
             if asked > self.rules.fail_above:
-                body = orjson.dumps({"error": {"code": 500, "message": "Error performing query operation",
-                                               "details": []}})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                return
+                error = {"error": {"code": 500, "message": "Error performing query operation", "details": []}}
+                return 200, "application/json", orjson.dumps(error)
         headers = {k: v for k, v in self.headers.items() if k.lower() == "x-esri-authorization"}
         resp = requests.post(self.upstream + path, data=params, headers=headers, timeout=60)
         body = resp.content
-        ctype = resp.headers.get("Content-Type", "application/json")
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
             data = None
         if isinstance(data, dict) and "error" not in data:
-            data = self._rewrite(path, params, data)
-            body = orjson.dumps(data)
-        self.send_response(resp.status_code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            body = orjson.dumps(self._rewrite(path, params, data))
+        return resp.status_code, resp.headers.get("Content-Type", "application/json"), body
 
     def _rewrite(self, path: str, params: dict[str, str], data: dict) -> dict:
         rules = self.rules
@@ -124,25 +99,11 @@ class _Handler(BaseHTTPRequestHandler):
             data["exceededTransferLimit"] = True
         return data
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        self._handle()
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        self._handle()
-
-
-@contextlib.contextmanager
-def misbehaving_proxy(upstream: str, rules: Misbehaviour) -> Iterator[str]:
-    """Start the proxy for ``upstream`` (``http://127.0.0.1:PORT``); yield its base URL."""
+def misbehaving_proxy(upstream: str, rules: Misbehaviour) -> contextlib.AbstractContextManager[str]:
+    """A context manager running the proxy for ``upstream`` (``http://127.0.0.1:PORT``); it yields the proxy URL."""
     handler = type(
         "Handler", (_Handler,), {"upstream": upstream.rstrip("/"), "rules": rules, "counter": [0],
                                  "lock": threading.Lock()}
     )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    return serving(handler)

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 import pytest
 import shapely
 
 from ags_etl.arcgis.esrijson import decode_geometry
 from ags_etl.extractors.feature_layer import FeatureLayerExtractor
+from tests.loopback import JSONHandler, serving
 
 DATA = Path(__file__).parent.parent / "data" / "real-servers"
 
@@ -42,15 +40,8 @@ def replay(server: str) -> Iterator[str]:
     page = _load(folder, "-0.json") or {"features": []}
     count = _load(folder, "count") if not page["features"] else {"count": len(page["features"])}
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            return
-
-        def _answer(self) -> None:
-            path, _, query = self.path.partition("?")
-            params = dict(parse_qsl(query))
-            if self.command == "POST":
-                params.update(parse_qsl(self.rfile.read(int(self.headers["Content-Length"])).decode()))
+    class Handler(JSONHandler):
+        def answer(self, path: str, params: dict[str, str]) -> tuple[int, str, bytes]:
             if not path.endswith("/query"):
                 body = metadata
             elif params.get("returnCountOnly") == "true":
@@ -63,24 +54,10 @@ def replay(server: str) -> Iterator[str]:
                 body = dict(page, features=[f for f in page["features"] if int(f["attributes"][oid]) in wanted])
             else:
                 body = {"error": {"code": 400, "message": "Unable to complete operation.", "details": []}}
-            raw = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+            return 200, "application/json", json.dumps(body).encode()
 
-        do_GET = _answer
-        do_POST = _answer
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/arcgis/rest/services/{server}/MapServer/0"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(Handler) as base:
+        yield f"{base}/arcgis/rest/services/{server}/MapServer/0"
 
 
 @pytest.mark.parametrize(
