@@ -172,27 +172,28 @@ def decode_geometry(
     raise GeometryError(f"unknown Esri JSON geometry with keys {sorted(geometry)[:6]} (type {geometry_type})")
 
 
+def _coordinates(geoms: list[dict[str, Any] | None], key: str) -> np.ndarray:
+    """One coordinate of every point as float64; null, "NaN" and missing become NaN."""
+    values = [None if g is None else g.get(key) for g in geoms]
+    try:
+        return np.array(values, dtype=float)  # None → NaN, "NaN" → NaN
+    except (TypeError, ValueError):
+        return np.array([np.nan if _is_missing(v) else float(v) for v in values], dtype=float)
+
+
 def _decode_points(geoms: list[dict[str, Any] | None], has_z: bool) -> np.ndarray:
-    """Vectorised point decoding: one shapely.points call for the whole page."""
-    n = len(geoms)
-    out = np.full(n, None, dtype=object)
-    xs = np.full(n, np.nan)
-    ys = np.full(n, np.nan)
-    zs = np.full(n, np.nan) if has_z else None
-    for i, g in enumerate(geoms):
-        if g is None:
-            continue
-        x, y = g.get("x"), g.get("y")
-        if _is_missing(x) or _is_missing(y):
-            continue
-        xs[i] = x
-        ys[i] = y
-        if zs is not None:
-            z = g.get("z")
-            zs[i] = 0.0 if z is None or _is_missing(z) else z
+    """Vectorised point decoding: one shapely.points call for the whole page.
+
+    A point with x or y missing is a null geometry; a missing z (when the layer has Z) is 0.
+    """
+    out = np.full(len(geoms), None, dtype=object)
+    xs = _coordinates(geoms, "x")
+    ys = _coordinates(geoms, "y")
     ok = ~(np.isnan(xs) | np.isnan(ys))
     if ok.any():
-        if zs is not None:
+        if has_z:
+            zs = _coordinates(geoms, "z")
+            zs[np.isnan(zs)] = 0.0
             out[ok] = shapely.points(xs[ok], ys[ok], zs[ok])
         else:
             out[ok] = shapely.points(xs[ok], ys[ok])

@@ -187,3 +187,15 @@ def test_real_pages_keep_features_without_geometry(server: str, page: str, nulls
     assert sum(1 for g in batch.geometry if g is None) == nulls
     oids = batch.attributes.column(info.oid_field).to_pylist()
     assert None not in oids  # (the Carson recording repeats OID 1: dedupe is the extractor's job)
+
+
+def test_point_pages_decode_like_single_points() -> None:
+    geoms = [{"x": 0, "y": 0}, None, {"x": "NaN", "y": 1}, {"x": "", "y": 2}, {"x": None, "y": 3},
+             {"x": 1.5, "y": "2.5"}, {}, {"x": -0.0, "y": 7}]
+    schema = LayerSchema(fields=(Field("OBJECTID", "esriFieldTypeOID"),), oid_field="OBJECTID",
+                         geometry_type="esriGeometryPoint", crs=CRS.from_epsg(4326))
+    feats = [{"attributes": {"OBJECTID": i}, "geometry": g} for i, g in enumerate(geoms)]
+    page = decode_features(feats, schema).geometry
+    one_by_one = [decode_geometry(g) if g else None for g in geoms]
+    assert [None if g is None else g.wkt for g in page] == [None if g is None else g.wkt for g in one_by_one]
+    assert page[0].equals(shapely.Point(0, 0)) and page[5].equals(shapely.Point(1.5, 2.5))
