@@ -120,44 +120,53 @@ def test_failed_run_keeps_earlier_output(server: str, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["x.geojson"]
 
 
-def test_killed_run_leaves_no_output(data_dir: Path, tmp_path: Path) -> None:
-    existing = tmp_path / "x.geojson"
+@pytest.fixture(scope="module")
+def slow_server(data_dir: Path) -> Iterator[str]:
+    """Small pages and 100 ms per request: a pull of the points layer takes seconds."""
+    with run_server(data_dir, "--max-record-count", "3", "--latency-ms", "100") as base:
+        yield base
+
+
+def start_pull(base: str, out: Path, *extra: str) -> subprocess.Popen[str]:
+    """Start a pull and return once it is writing (its hidden temp output exists)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from ags_etl.cli import main; main()", "pull", url(base, "points"),
+         "-o", str(out), "--concurrency", "1", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not any(p.name.startswith(".") for p in out.parent.iterdir()):
+        assert proc.poll() is None, f"the pull ended before writing: {proc.communicate()}"
+        assert time.monotonic() < deadline, "the pull never started writing"
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.parametrize("name", ["x.geojson", "x.shp", "x.kmz", "x.parquet"])
+def test_killed_run_leaves_earlier_output_and_nothing_else(slow_server: str, tmp_path: Path, name: str) -> None:
+    existing = tmp_path / name
     existing.write_text("earlier output")
-    with run_server(data_dir, "--max-record-count", "3", "--latency-ms", "100") as base:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from ags_etl.cli import main; main()", "pull", url(base, "points"),
-             "-o", str(existing), "--overwrite", "--concurrency", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        time.sleep(2.0)
-        assert proc.poll() is None, "the pull should still be running"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+    proc = start_pull(slow_server, existing, "--overwrite")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
     assert existing.read_text() == "earlier output"
+    visible = [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert visible == [name], "no output (or sidecar) appears at the target"
+
+
+def test_killed_run_leaves_no_output(slow_server: str, tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.geojson"
-    with run_server(data_dir, "--max-record-count", "3", "--latency-ms", "100") as base:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from ags_etl.cli import main; main()", "pull", url(base, "points"),
-             "-o", str(fresh), "--concurrency", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        time.sleep(2.0)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+    proc = start_pull(slow_server, fresh)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
     assert not fresh.exists()
 
 
-def test_interrupted_run_cleans_up(data_dir: Path, tmp_path: Path) -> None:
+def test_interrupted_run_cleans_up(slow_server: str, tmp_path: Path) -> None:
     fresh = tmp_path / "fresh.geojson"
-    with run_server(data_dir, "--max-record-count", "3", "--latency-ms", "100") as base:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from ags_etl.cli import main; main()", "pull", url(base, "points"),
-             "-o", str(fresh), "--concurrency", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        time.sleep(2.0)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+    proc = start_pull(slow_server, fresh)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert not fresh.exists()
     assert list(tmp_path.iterdir()) == [], "the temp file is removed on Ctrl-C"
