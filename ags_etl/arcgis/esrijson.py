@@ -178,7 +178,7 @@ def _coordinates(geoms: list[dict[str, Any] | None], key: str) -> np.ndarray:
     try:
         return np.array(values, dtype=float)  # None → NaN, "NaN" → NaN
     except (TypeError, ValueError):
-        return np.array([np.nan if _is_missing(v) else float(v) for v in values], dtype=float)
+        return np.array([np.nan if v is None or _is_missing(v) else float(v) for v in values], dtype=float)
 
 
 def _decode_points(geoms: list[dict[str, Any] | None], has_z: bool) -> np.ndarray:

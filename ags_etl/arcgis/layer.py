@@ -16,7 +16,7 @@ Quirks handled (../shared/notes/arcgis-rest.md §1, §12):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pyproj import CRS
@@ -120,7 +120,7 @@ def parse_layer(url: str, data: dict[str, Any]) -> LayerInfo:
     for f in raw_fields:
         fld = Field.from_esri(f)
         if fld.name == oid and fld.esri_type != "esriFieldTypeOID":
-            fld = Field(fld.name, "esriFieldTypeOID", fld.alias, fld.length, False, fld.domain)
+            fld = replace(fld, esri_type="esriFieldTypeOID", nullable=False)
         fields.append(fld)
     sr = data.get("sourceSpatialReference") or (data.get("extent") or {}).get("spatialReference") or data.get(
         "spatialReference"

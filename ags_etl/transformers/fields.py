@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import threading
+from dataclasses import replace
 from typing import ClassVar
 
 import pyarrow as pa
@@ -207,12 +208,10 @@ class Fields(BaseTransformer):
                         "or select it away"
                     )
                 esri = self._cast[n]
-                out = Field(
-                    name=n,
+                out = replace(
+                    src,
                     esri_type=esri,
-                    alias=src.alias,
                     length=src.length if esri == "esriFieldTypeString" and src.arrow_type == pa.string() else None,
-                    nullable=src.nullable,
                     domain=None,  # the domain's codes are of the old type
                 )
                 plan.cast_to = arrow_type(esri)
@@ -225,17 +224,12 @@ class Fields(BaseTransformer):
                     )
                 plan.codes, plan.labels = self._domain_arrays(src, pairs)
                 longest = max((len(label) for _, label in pairs), default=0)
-                out = Field(
-                    name=n,
-                    esri_type="esriFieldTypeString",
-                    alias=src.alias,
-                    length=max(longest, src.length or 0) or None,
-                    nullable=src.nullable,
-                    domain=None,
+                out = replace(
+                    src, esri_type="esriFieldTypeString", length=max(longest, src.length or 0) or None, domain=None
                 )
             new_name = self._rename.get(n, n)
             if new_name != n:
-                out = _renamed(out, new_name)
+                out = replace(out, name=new_name)
             plan.out = out
             plans.append(plan)
 
@@ -320,17 +314,6 @@ class Fields(BaseTransformer):
             return {}
         with self._lock:
             return {"fields_undecoded": self._undecoded}
-
-
-def _renamed(field: Field, new_name: str) -> Field:
-    return Field(
-        name=new_name,
-        esri_type=field.esri_type,
-        alias=field.alias,
-        length=field.length,
-        nullable=field.nullable,
-        domain=field.domain,
-    )
 
 
 def _coded_values(field: Field) -> list[tuple[object, str]] | None:
