@@ -19,7 +19,7 @@ Nothing here does I/O; :mod:`ags_etl.extractors.feature_layer` runs the plan.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -164,10 +164,17 @@ def _why_not(strategy: Strategy, info: LayerInfo, probes: Probes) -> str:
 # --------------------------------------------------------------------------- page generators
 
 
-def id_chunks(ids: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    """Consecutive chunks of at most ``size`` ids."""
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
+def id_chunks(ids: np.ndarray, size: Callable[[], int]) -> Iterator[np.ndarray]:
+    """Consecutive chunks of ids, each as long as ``size()`` says when it is cut.
+
+    ``size`` is asked again for every chunk, so chunks follow a page size that shrinks
+    when the server turns out to cap pages lower than it advertised.
+    """
+    start = 0
+    while start < len(ids):
+        step = size()
+        yield ids[start : start + step]
+        start += step
 
 
 def offset_pages(count: int, size: int) -> Iterator[tuple[int, int]]:

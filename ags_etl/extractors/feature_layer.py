@@ -25,7 +25,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -424,10 +424,10 @@ class FeatureLayerExtractor:
                 probes = Probes(count=count, ids=ids, ids_problem=problem)
             ids_ok = probes.ids is not None and len(probes.ids) == count
             if forced is Strategy.OFFSET or (forced is None and not ids_ok):
-                probes = Probes(**{**probes.__dict__, "offset_works": self._probe_offset()})
+                probes = replace(probes, offset_works=self._probe_offset())
             if forced is Strategy.OID_RANGE or (forced is None and not ids_ok and not probes.offset_works):
                 lo, hi, rc = self._probe_range(count)
-                probes = Probes(**{**probes.__dict__, "oid_min": lo, "oid_max": hi, "range_count": rc})
+                probes = replace(probes, oid_min=lo, oid_max=hi, range_count=rc)
         self._probes = probes
         return probes
 
@@ -589,18 +589,7 @@ class FeatureLayerExtractor:
         probes = self.probe()
         if plan.strategy is Strategy.OID_LIST:
             assert probes.ids is not None
-
-            def chunks() -> Iterator[np.ndarray]:
-                # Chunk size follows the page size, which shrinks when the server caps lower.
-                start = 0
-                ids = probes.ids
-                assert ids is not None
-                while start < len(ids):
-                    size = self._page_size
-                    yield ids[start : start + size]
-                    start += size
-
-            return self._run_id_chunk, chunks(), False
+            return self._run_id_chunk, paging.id_chunks(probes.ids, lambda: self._page_size), False
         if plan.strategy is Strategy.OFFSET:
             return self._run_offset_page, paging.offset_pages(plan.count, plan.page_size), True
         if plan.strategy is Strategy.OID_RANGE:

@@ -79,8 +79,10 @@ def test_normalise_ids_floats_sorted_unique() -> None:
 
 def test_generators_cover_everything_once() -> None:
     ids = np.array([1, 2, 5, 9, 10, 11, 20])
-    chunks = list(paging.id_chunks(ids, 3))
+    chunks = list(paging.id_chunks(ids, lambda: 3))
     assert [c.tolist() for c in chunks] == [[1, 2, 5], [9, 10, 11], [20]]
+    sizes = iter([3, 1, 2, 5])  # the page size shrinks after the first chunk
+    assert [c.tolist() for c in paging.id_chunks(ids, lambda: next(sizes))] == [[1, 2, 5], [9], [10, 11], [20]]
     assert list(paging.offset_pages(7, 3)) == [(0, 3), (3, 3), (6, 1)]
     assert list(paging.offset_pages(0, 3)) == []
     windows = list(paging.oid_windows(0, 9, 4))
