@@ -80,10 +80,10 @@ class Pipeline:
 
     def _server_side(self) -> None:
         """Hand a leading server-side reprojection to the extractor as outSR."""
-        from ags_etl.transformers.reproject import Reproject
-
-        if self.transformers and isinstance(self.transformers[0], Reproject) and self.transformers[0].server_side:
-            self.extractor.out_crs = self.transformers[0].target_crs
+        if self.transformers:
+            crs = self.transformers[0].server_side_crs()
+            if crs is not None:
+                self.extractor.out_crs = crs
 
     def run(self) -> RunResult:
         start = time.monotonic()
@@ -98,7 +98,7 @@ class Pipeline:
                 if sf is not None:
                     ext.spatial_filter = sf
                     break
-                if not _keeps_geometry_position(t):
+                if not t.keeps_geometry_position:
                     break
             plan = ext.plan()
             done = 0
@@ -118,11 +118,4 @@ class Pipeline:
                 counters[k] = counters.get(k, 0) + v
         return RunResult(ext.stats, load_stats, schema, time.monotonic() - start, counters)
 
-
-def _keeps_geometry_position(t: Transformer) -> bool:
-    """Transformers before a clip that do not move features (so its bbox still applies on the server)."""
-    from ags_etl.transformers.fields import Fields
-    from ags_etl.transformers.reproject import Reproject
-
-    return isinstance(t, (Fields, Reproject))
 

@@ -22,6 +22,10 @@ BBox = tuple[float, float, float, float]
 
 class Transformer(ABC):
     name: ClassVar[str]
+    #: True when the transformer never moves a feature nor drops one by its position
+    #: (field selection, reprojection). A clip's bbox after such transformers can still be
+    #: sent to the server as an envelope filter; after any other it cannot.
+    keeps_geometry_position: ClassVar[bool] = False
 
     @abstractmethod
     def bind(self, schema: LayerSchema) -> LayerSchema:
@@ -36,6 +40,13 @@ class Transformer(ABC):
 
         The extractor pushes it to the server as an envelope filter so those features
         are never downloaded. Only valid after :meth:`bind`. Default: no filter.
+        """
+        return None
+
+    def server_side_crs(self) -> CRS | None:
+        """A CRS the server should deliver (``outSR``) instead of this transformer working.
+
+        Only honoured for the first transformer of a pipeline. Default: None (work locally).
         """
         return None
 

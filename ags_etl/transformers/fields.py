@@ -133,6 +133,7 @@ class Fields(BaseTransformer):
     """
 
     name: ClassVar[str] = "fields"
+    keeps_geometry_position: ClassVar[bool] = True
 
     def __init__(
         self,

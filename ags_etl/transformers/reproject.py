@@ -70,6 +70,7 @@ class Reproject(BaseTransformer):
     """
 
     name: ClassVar[str] = "reproject"
+    keeps_geometry_position: ClassVar[bool] = True
 
     def __init__(self, to: CRSLike, *, from_crs: CRSLike | None = None, server_side: bool = False) -> None:
         self._target = parse_crs(to)
@@ -84,6 +85,10 @@ class Reproject(BaseTransformer):
     def target_crs(self) -> CRS:
         """The CRS batches come out in."""
         return self._target
+
+    def server_side_crs(self) -> CRS | None:
+        """The target CRS when ``server_side`` asks the server for ``outSR``, else None."""
+        return self._target if self.server_side else None
 
     @property
     def source_crs(self) -> CRS | None:
