@@ -22,7 +22,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import IO, Protocol
+from typing import IO, Protocol, Self
 
 from rich.console import Console
 from rich.progress import (
@@ -57,7 +57,7 @@ class ProgressFactory(ABC):
     def close(self) -> None:
         """Stop any live display. Safe to call more than once."""
 
-    def __enter__(self) -> "ProgressFactory":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -163,14 +163,14 @@ class BarProgress(ProgressFactory):
 
 
 def _duration(seconds: float) -> str:
-    whole = int(round(seconds))
+    whole = round(seconds)
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 class _LineJob:
-    def __init__(self, owner: "LineProgress", name: str) -> None:
+    def __init__(self, owner: LineProgress, name: str) -> None:
         self._owner = owner
         self._name = name
         self._start = owner.clock()

@@ -73,7 +73,7 @@ def test_bars_on_a_terminal() -> None:
 
 
 def test_plain_lines_on_a_pipe() -> None:
-    proc = subprocess.run([sys.executable, "-c", BAR_SCRIPT], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", BAR_SCRIPT], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "LineProgress"
     assert "\x1b[" not in proc.stderr
