@@ -57,6 +57,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import shapely
+from pydantic import BaseModel, ConfigDict, Field
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import CapabilityError, ConfigError, GeometryError
@@ -309,6 +310,12 @@ class GeoJSONLoader(Loader):
     )
     _options: ClassVar[tuple[str, ...]] = ("precision",)
 
+    class Options(BaseModel):
+        """Pipeline-file sink keys besides type/path/overwrite."""
+
+        model_config = ConfigDict(extra="forbid")
+        precision: int = Field(7, ge=0, le=15)
+
     def __init__(self, path: Any, *, overwrite: bool = False, **options: Any) -> None:
         super().__init__(path, overwrite=overwrite, **options)
         reject_unknown_options(self.name, options, self._options)
@@ -339,6 +346,13 @@ class GeoJSONSeqLoader(Loader):
         extensions=(".geojsonl", ".geojsons", ".ndjson"), required_crs=WGS84, supports_tables=True
     )
     _options: ClassVar[tuple[str, ...]] = ("precision", "rs")
+
+    class Options(BaseModel):
+        """Pipeline-file sink keys besides type/path/overwrite."""
+
+        model_config = ConfigDict(extra="forbid")
+        precision: int = Field(7, ge=0, le=15)
+        rs: bool | None = None
 
     def __init__(self, path: Any, *, overwrite: bool = False, **options: Any) -> None:
         super().__init__(path, overwrite=overwrite, **options)

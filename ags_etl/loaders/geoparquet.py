@@ -48,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
+from pydantic import BaseModel, ConfigDict, Field
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import ConfigError, LoadError
@@ -264,6 +265,13 @@ class GeoParquetLoader(Loader):
     capabilities: ClassVar[LoaderCapabilities] = LoaderCapabilities(
         extensions=(".parquet", ".geoparquet"), supports_tables=True
     )
+
+    class Options(BaseModel):
+        """Pipeline-file sink keys besides type/path/overwrite."""
+
+        model_config = ConfigDict(extra="forbid")
+        row_group_size: int = Field(DEFAULT_ROW_GROUP_SIZE, ge=1)
+        row_group_bytes: int = Field(DEFAULT_ROW_GROUP_BYTES, ge=1)
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False, **options: Any) -> None:
         super().__init__(path, overwrite=overwrite, **options)

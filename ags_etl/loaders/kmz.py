@@ -59,6 +59,7 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import CapabilityError, ConfigError, LoadError
@@ -313,6 +314,14 @@ class KMZLoader(Loader):
         extensions=(".kmz", ".kml"), required_crs=WGS84, supports_tables=False
     )
     _options: ClassVar[tuple[str, ...]] = ("name_field", "precision", "compresslevel")
+
+    class Options(BaseModel):
+        """Pipeline-file sink keys besides type/path/overwrite."""
+
+        model_config = ConfigDict(extra="forbid")
+        name_field: str | None = None
+        precision: int = Field(7, ge=0, le=15)
+        compresslevel: int = Field(1, ge=0, le=9)
 
     def __init__(self, path: Any, *, overwrite: bool = False, **options: Any) -> None:
         super().__init__(path, overwrite=overwrite, **options)

@@ -68,6 +68,7 @@ import fiona
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pydantic
 import shapely
 from fiona.model import Feature, Geometry, Properties
 from pyproj import CRS
@@ -793,6 +794,13 @@ class ShapefileLoader(Loader):
         single_geometry_type=True,
         supports_tables=False,
     )
+
+    class Options(pydantic.BaseModel):
+        """Pipeline-file sink keys besides type/path/overwrite."""
+
+        model_config = pydantic.ConfigDict(extra="forbid")
+        max_part_bytes: int = pydantic.Field(DEFAULT_MAX_PART_BYTES, ge=1, le=_MAX_PART_CEILING)
+        split: bool = True
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False, **options: Any) -> None:
         super().__init__(path, overwrite=overwrite, **options)

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import shapely
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pyproj import CRS
 from shapely.errors import GEOSException
 
@@ -255,6 +256,43 @@ class Clip(BaseTransformer):
     """
 
     name: ClassVar[str] = "clip"
+
+    class Options(BaseModel):
+        """Pipeline-file keys: exactly one of ``bbox`` and ``mask``, and ``crs``; checked offline
+        (the mask file itself is read when the Clip is built)."""
+
+        model_config = ConfigDict(extra="forbid")
+        bbox: list[float] | str | None = None
+        mask: str | dict[str, Any] | None = None
+        crs: str | int | dict[str, Any] | None = None
+
+        @field_validator("bbox")
+        @classmethod
+        def _bbox(cls, value: list[float] | str | None) -> list[float] | str | None:
+            if value is not None:
+                try:
+                    parse_bbox(value)
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from exc
+            return value
+
+        @field_validator("crs")
+        @classmethod
+        def _crs(cls, value: CRSLike | None) -> CRSLike | None:
+            if value is not None:
+                try:
+                    parse_crs(value)
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from exc
+            return value
+
+        @model_validator(mode="after")
+        def _one_area(self) -> "Clip.Options":
+            if (self.bbox is None) == (self.mask is None):
+                raise ValueError(
+                    "give exactly one of bbox ([xmin, ymin, xmax, ymax]) and mask (a file path or an inline polygon)"
+                )
+            return self
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict
 
 from ags_etl.arcgis.fields import ESRI_TO_ARROW, arrow_type
 from ags_etl.batch import FeatureBatch
@@ -134,6 +135,16 @@ class Fields(BaseTransformer):
 
     name: ClassVar[str] = "fields"
     keeps_geometry_position: ClassVar[bool] = True
+
+    class Options(BaseModel):
+        """Pipeline-file keys: ``select``, ``rename``, ``drop``, ``cast``, ``decode_domains``."""
+
+        model_config = ConfigDict(extra="forbid")
+        select: list[str] | None = None
+        rename: dict[str, str] | None = None
+        drop: list[str] | None = None
+        cast: dict[str, str] | None = None
+        decode_domains: bool | list[str] = False
 
     def __init__(
         self,

@@ -16,10 +16,11 @@ only relabels batches with the target CRS.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from pyproj import CRS, Transformer
+from pydantic import BaseModel, ConfigDict, field_validator
 from pyproj.exceptions import ProjError
 
 from ags_etl.batch import FeatureBatch
@@ -71,6 +72,24 @@ class Reproject(BaseTransformer):
 
     name: ClassVar[str] = "reproject"
     keeps_geometry_position: ClassVar[bool] = True
+
+    class Options(BaseModel):
+        """Pipeline-file keys: ``to`` (required), ``from_crs``, ``server_side``; CRSs parsed offline."""
+
+        model_config = ConfigDict(extra="forbid")
+        to: str | int | dict[str, Any]
+        from_crs: str | int | dict[str, Any] | None = None
+        server_side: bool = False
+
+        @field_validator("to", "from_crs")
+        @classmethod
+        def _known_crs(cls, value: CRSLike | None) -> CRSLike | None:
+            if value is not None:
+                try:
+                    parse_crs(value)
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from exc
+            return value
 
     def __init__(self, to: CRSLike, *, from_crs: CRSLike | None = None, server_side: bool = False) -> None:
         self._target = parse_crs(to)
