@@ -4,6 +4,7 @@
 
     AgsEtlError
     ├── ConfigError                 bad option, pipeline key, CRS, path …   (exit 2 / 78)
+    │   └── PipelineFileError       a pipeline file with problems (all listed)   (exit 78)
     ├── ArcGISError                 anything the server said or failed to say
     │   ├── ServiceError            an ``{"error": …}`` body (often sent with HTTP 200)
     │   │   └── QueryError          the server rejected the query (bad where clause, field …)
@@ -33,6 +34,17 @@ class AgsEtlError(Exception):
 
 class ConfigError(AgsEtlError):
     """An option, pipeline key, CRS, path or other user input is invalid."""
+
+
+class PipelineFileError(ConfigError):
+    """A pipeline file cannot be used. ``problems`` holds one line per problem, each naming
+    the file, line, job and key path and what is accepted; no line holds a secret's value."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
+        super().__init__("\n".join([f"{source}: {count}", *self.problems]))
 
 
 class ArcGISError(AgsEtlError):
