@@ -1,27 +1,49 @@
 """Esri JSON ⇄ shapely 2 and Arrow (pure functions, no I/O).
 
-Decoding rules (see ../shared/notes/arcgis-rest.md §9):
+Decoding rules (the ArcGIS REST geometry objects):
 
-* Points ``{x, y[, z][, m]}``: 0 is a valid coordinate; ``x`` null or ``"NaN"``
-  means an empty point, decoded as a null geometry.
+* Points ``{x, y[, z][, m]}``: 0 is a valid coordinate. Following Esri, ``x`` or ``y``
+  null, ``"NaN"`` (or ``"nan"``, ``""``) or a NaN number means an *empty point*, decoded
+  as a null geometry. A coordinate that is ±infinity, not a number (``"abc"``, ``true``,
+  a list) or beyond the float range raises GeometryError naming the feature. Numbers
+  sent as strings (``"2.5"``) are read as numbers. A missing or NaN ``z`` (layer with Z)
+  is 0.
+* Vertices (``points``, ``paths``, ``rings``) are ``[x, y, z?, m?]`` lists of numbers.
+  X and Y must be finite; a null/NaN Z stays NaN ("no Z"), an infinite Z is refused.
+  ``[x, y, z, m]`` when the layer has Z and M, ``[x, y, m]`` when it has M only: Z is
+  kept, M is dropped. A vertex without Z in a Z layer gets z = 0.
 * Polygons: ``rings`` is a flat list. Esri draws exteriors clockwise and holes
   counter-clockwise, but nothing ties a hole to its exterior and real servers
   send rings in any order (Koop 9.3 lists each hole *before* its exterior). So
   rings are nested by containment, as GDAL's ``organizePolygons`` does: a ring
   inside an even number of other rings is an exterior, inside an odd number a hole
-  of the smallest ring containing it. Orientation is not trusted.
-* Polylines: one path → LineString, several → MultiLineString.
+  of the smallest ring containing it. Orientation is not trusted. An open ring is
+  closed; a ring with fewer than 3 distinct positions (1–2 points, or ``[a, b, a]``)
+  is refused.
+* Polylines: one path → LineString, several → MultiLineString; a path of one vertex
+  is refused. Empty paths, rings and point lists are skipped.
 * Empty and null geometries decode to ``None``; they are kept, never dropped.
-* Coordinates: ``[x, y, z, m]`` when the layer has Z and M, ``[x, y, m]`` when
-  it has M only. Z is kept, M is dropped.
+* A geometry is decoded as what it is, whatever the layer's ``geometryType`` says: a
+  polygon in a point layer's answer becomes a Polygon (writers that hold one
+  geometry family, such as shapefile, then refuse it naming the feature).
+* Malformed input — ``features`` not a list, a feature that is not an object, missing
+  or non-object ``attributes``, a geometry that is not an object (a WKT string, a
+  number), ragged or non-numeric vertex arrays, unknown geometry keys — raises
+  ArcGISError or GeometryError naming the feature (its OID, else its index in the
+  page), the offending value (truncated) and the fix. Nothing else escapes.
 
 Attribute decoding follows the layer's field list (never the values): dates are
 epoch milliseconds UTC → ``timestamp[ms, UTC]``; ids sent as floats
 (``6.4579816E7``, Columbia MO 10.01) become integers.
+
+Performance: a page of points is decoded with a handful of numpy conversions; type
+checks run over whole columns (``set(map(type, …))``), and a per-value slow path runs
+only once something is wrong, to name the feature.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,10 +53,39 @@ import shapely
 from pyproj import CRS
 
 from ags_etl.batch import FeatureBatch
-from ags_etl.errors import GeometryError
+from ags_etl.errors import ArcGISError, GeometryError
 from ags_etl.schema import LayerSchema
 
 _NAN_STRINGS = frozenset({"NaN", "nan", ""})
+_NONE = type(None)
+_NUMBER_TYPES = frozenset({float, int, _NONE})
+_OBJECT_TYPES = frozenset({dict, _NONE})
+#: The fix every malformed-input message ends with.
+FIX_GEOMETRY = "the server sent malformed geometry; report it, or exclude the feature with --where"
+FIX_FEATURE = "the server sent a malformed feature; report it, or exclude the feature with --where"
+
+
+class _Malformed(GeometryError):
+    """A malformed geometry, with the index of its feature in the page once known.
+
+    Raised by the geometry decoders; :func:`decode_features` turns it into a
+    GeometryError that names the feature. Outside a page it is an ordinary GeometryError.
+    """
+
+    def __init__(self, detail: str, fix: str = FIX_GEOMETRY, index: int | None = None) -> None:
+        super().__init__(f"{detail}; {fix}")
+        self.detail = detail
+        self.fix = fix
+        self.index = index
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value, cut to ``limit`` characters (hostile values can be huge)."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # deeply nested lists; ints beyond str()'s digit limit
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --------------------------------------------------------------------------- geometry
@@ -46,24 +97,97 @@ def _is_missing(value: Any) -> bool:
         return True
     if isinstance(value, str):
         return value in _NAN_STRINGS
-    return isinstance(value, float) and value != value
+    return isinstance(value, float) and math.isnan(value)
 
 
-def _coord_array(points: Sequence[Sequence[float]], has_z: bool, has_m: bool) -> np.ndarray:
-    """Vertex list → float array with 2 (xy) or 3 (xyz) columns; M is dropped."""
+def _number(value: Any, what: str) -> float:
+    """One coordinate as a float: NaN for the empty markers; raises _Malformed otherwise.
+
+    Accepts int, float and numeric strings; refuses booleans, other types, ±infinity and
+    ints beyond the float range.
+    """
+    if _is_missing(value):
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _Malformed(f"{what} is {_show(value)}, not a number")
     try:
-        arr = np.asarray(points, dtype=float)
-    except ValueError:
-        # Ragged vertices (some with z, some without): pad per vertex.
-        width = 3 if has_z else 2
-        arr = np.array([list(p[:width]) + [0.0] * (width - len(p[:width])) for p in points], dtype=float)
-        return arr
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        return arr.reshape(0, 3 if has_z else 2)
-    if has_z and arr.shape[1] >= 3:
-        return arr[:, :3]
-    # [x, y, m] (M without Z) or plain [x, y]: keep xy only.
-    return arr[:, :2]
+        number = float(value)
+    except (ValueError, OverflowError) as exc:
+        raise _Malformed(f"{what} is {_show(value)}, not a finite number") from exc
+    if number in (float("inf"), float("-inf")):
+        raise _Malformed(f"{what} is {_show(value)}, not a finite number")
+    return number
+
+
+def _vertex_array_slow(points: Any, what: str, has_z: bool) -> np.ndarray:
+    """Vertex list → (n, 2|3) float array, checking every vertex (the careful path)."""
+    if not isinstance(points, list):
+        raise _Malformed(f"{what} is {_show(points)}, not a list of [x, y] vertices")
+    width = 3 if has_z and any(isinstance(p, list) and len(p) >= 3 for p in points) else 2
+    out = np.empty((len(points), width), dtype=float)
+    for k, p in enumerate(points):
+        if not isinstance(p, list) or len(p) < 2:
+            raise _Malformed(f"vertex {k} of {what} is {_show(p)}, not an [x, y, …] list of numbers")
+        for j in range(2):
+            v = _number(p[j], f"vertex {k} of {what}: {'xy'[j]}")
+            if math.isnan(v):
+                raise _Malformed(f"vertex {k} of {what} is {_show(p)}: {'xy'[j]} is not a number")
+            out[k, j] = v
+        if width == 3:
+            out[k, 2] = _number(p[2], f"vertex {k} of {what}: z") if len(p) >= 3 else 0.0
+    return out
+
+
+def _vertex_array(points: Any, what: str, has_z: bool) -> np.ndarray:
+    """Vertex list → float array with 2 (xy) or 3 (xyz) columns; M is dropped.
+
+    One numpy conversion when the list is a regular grid of numbers; anything else
+    (ragged vertices, nulls, strings, other types) goes through the careful path, which
+    pads a missing Z with 0 and names the first bad vertex.
+    """
+    try:
+        raw = np.asarray(points)
+    except (ValueError, TypeError, OverflowError):  # ragged, or objects numpy cannot lay out
+        return _vertex_array_slow(points, what, has_z)
+    if raw.ndim == 1 and raw.size == 0 and isinstance(points, list):
+        return np.empty((0, 3 if has_z else 2))
+    if raw.dtype.kind not in "fi" or raw.ndim != 2 or raw.shape[1] < 2:
+        return _vertex_array_slow(points, what, has_z)
+    arr = raw[:, : 3 if has_z else 2].astype(float)  # [x, y, m] (M without Z): xy only
+    if not np.isfinite(arr[:, :2]).all() or (arr.shape[1] == 3 and np.isinf(arr[:, 2]).any()):
+        k = int(np.argmin(np.isfinite(arr[:, :2]).all(axis=1) & ~np.isinf(arr[:, 2:]).any(axis=1)))
+        raise _Malformed(f"vertex {k} of {what} is {_show(points[k])}, not finite")
+    return arr
+
+
+def _vertex_lists(value: Any, key: str, has_z: bool) -> list[np.ndarray]:
+    """``rings``/``paths`` → one float array per part (empty parts skipped)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _Malformed(f"{key} is {_show(value)}, not a list of vertex lists")
+    parts = [_vertex_array(p, f"{key}[{k}]", has_z) for k, p in enumerate(value)]
+    return [p for p in parts if len(p)]
+
+
+def _check_rings(rings: list[np.ndarray]) -> None:
+    for k, ring in enumerate(rings):
+        distinct = len(ring) - 1 if len(ring) > 1 and np.array_equal(ring[0], ring[-1], equal_nan=True) else len(ring)
+        if distinct < 3:
+            raise _Malformed(
+                f"rings[{k}] has {distinct} vertices besides the closing one ({_show(ring.tolist())}); a ring needs 3"
+            )
+
+
+def _point(geometry: dict[str, Any], has_z: bool) -> shapely.Geometry | None:
+    x = _number(geometry.get("x"), "x")
+    y = _number(geometry.get("y"), "y")
+    if math.isnan(x) or math.isnan(y):
+        return None
+    z = _number(geometry.get("z"), "z") if has_z else float("nan")
+    if not math.isnan(z):
+        return shapely.Point(x, y, z)
+    return shapely.Point(x, y)
 
 
 def _ring_signed_area(coords: np.ndarray) -> float:
@@ -82,7 +206,7 @@ def organize_rings(rings: Sequence[np.ndarray]) -> shapely.Geometry | None:
     for ring in rings:
         if len(ring) == 0:
             continue
-        if not np.array_equal(ring[0], ring[-1]):
+        if not np.array_equal(ring[0], ring[-1], equal_nan=True):
             ring = np.vstack([ring, ring[:1]])
         if len(ring) >= 4:
             closed.append(ring)
@@ -124,68 +248,96 @@ def organize_rings(rings: Sequence[np.ndarray]) -> shapely.Geometry | None:
     return shapely.MultiPolygon(polygons)
 
 
+
+
 def decode_geometry(
     geometry: dict[str, Any] | None, geometry_type: str | None = None, *, has_z: bool = False, has_m: bool = False
 ) -> shapely.Geometry | None:
     """One Esri JSON geometry → a shapely geometry, or None when null/empty.
 
-    ``geometry_type`` (``esriGeometry*``) is used when given; otherwise the type is
-    read from the keys present. Raises GeometryError for an unknown shape.
+    The shape is read from the keys present (``x``, ``rings``, ``paths``, ``points``,
+    ``xmin``), so a geometry is decoded as what it is; ``geometry_type`` is only named in
+    messages. Raises GeometryError for malformed or unknown geometries (see the module
+    docstring).
     """
     if geometry is None:
         return None
+    if not isinstance(geometry, dict):
+        raise _Malformed(f"geometry is {_show(geometry)}, not an Esri JSON geometry object")
     if "x" in geometry:
-        x, y = geometry.get("x"), geometry.get("y")
-        if x is None or y is None or _is_missing(x) or _is_missing(y):
-            return None
-        z = geometry.get("z")
-        if has_z and z is not None and not _is_missing(z):
-            return shapely.Point(float(x), float(y), float(z))
-        return shapely.Point(float(x), float(y))
+        return _point(geometry, has_z)
     if "rings" in geometry:
-        rings = [_coord_array(r, has_z, has_m) for r in geometry["rings"] or []]
+        rings = _vertex_lists(geometry["rings"], "rings", has_z)
+        _check_rings(rings)
         return organize_rings(rings)
     if "paths" in geometry:
-        paths = [_coord_array(p, has_z, has_m) for p in geometry["paths"] or []]
-        paths = [p for p in paths if len(p) >= 2]
+        paths = _vertex_lists(geometry["paths"], "paths", has_z)
+        for k, p in enumerate(paths):
+            if len(p) < 2:
+                raise _Malformed(f"paths[{k}] has one vertex ({_show(p.tolist())}); a path needs 2")
         if not paths:
             return None
         if len(paths) == 1:
             return shapely.LineString(paths[0])
         return shapely.MultiLineString(paths)
     if "points" in geometry:
-        pts = _coord_array(geometry["points"] or [], has_z, has_m)
+        pts = _vertex_array(geometry["points"] if geometry["points"] is not None else [], "points", has_z)
         if len(pts) == 0:
             return None
         return shapely.multipoints(pts)
     if "xmin" in geometry:
-        if any(_is_missing(geometry.get(k)) for k in ("xmin", "ymin", "xmax", "ymax")):
+        box = [_number(geometry.get(k), k) for k in ("xmin", "ymin", "xmax", "ymax")]
+        if any(math.isnan(v) for v in box):
             return None
-        return shapely.box(geometry["xmin"], geometry["ymin"], geometry["xmax"], geometry["ymax"])
+        return shapely.box(*box)
     if "curveRings" in geometry or "curvePaths" in geometry:
-        raise GeometryError(
-            "true curves (curveRings/curvePaths) are not decoded; query with returnTrueCurves=false "
-            "so the server densifies them"
+        raise _Malformed(
+            "true curves (curveRings/curvePaths) are not decoded",
+            "query with returnTrueCurves=false so the server densifies them",
         )
     if not geometry:
         return None
-    raise GeometryError(f"unknown Esri JSON geometry with keys {sorted(geometry)[:6]} (type {geometry_type})")
+    raise _Malformed(f"unknown Esri JSON geometry with keys {_show(sorted(geometry)[:6])} (layer type {geometry_type})")
+
+
+def _first(kinds_ok: np.ndarray) -> int:
+    return int(np.argmin(kinds_ok))
 
 
 def _coordinates(geoms: list[dict[str, Any] | None], key: str) -> np.ndarray:
-    """One coordinate of every point as float64; null, "NaN" and missing become NaN."""
+    """One coordinate of every point as float64; null, "NaN" and missing become NaN.
+
+    Raises _Malformed (with the index) for a value that is not a number, or infinite.
+    """
     values = [None if g is None else g.get(key) for g in geoms]
-    try:
-        return np.array(values, dtype=float)  # None → NaN, "NaN" → NaN
-    except (TypeError, ValueError):
-        return np.array([np.nan if v is None or _is_missing(v) else float(v) for v in values], dtype=float)
+    out: np.ndarray | None = None
+    if set(map(type, values)) <= _NUMBER_TYPES:
+        try:
+            out = np.array(values, dtype=float)  # None → NaN
+        except OverflowError:  # an int beyond the float range: the careful path names it
+            out = None
+    if out is None or np.isinf(out).any():
+        out = np.empty(len(values), dtype=float)
+        for i, v in enumerate(values):
+            try:
+                out[i] = _number(v, key)
+            except _Malformed as exc:
+                exc.index = i
+                raise
+    return out
 
 
-def _decode_points(geoms: list[dict[str, Any] | None], has_z: bool) -> np.ndarray:
+def _decode_points(geoms: list[Any], has_z: bool, has_m: bool) -> np.ndarray:
     """Vectorised point decoding: one shapely.points call for the whole page.
 
-    A point with x or y missing is a null geometry; a missing z (when the layer has Z) is 0.
+    A point with x or y missing is a null geometry; a missing z (when the layer has Z)
+    is 0. Rows that are not points (a polygon in a point layer's answer) are decoded
+    one by one as what they are.
     """
+    kinds = set(map(type, geoms))
+    if not kinds <= _OBJECT_TYPES:
+        bad = next(i for i, g in enumerate(geoms) if type(g) not in _OBJECT_TYPES)
+        raise _Malformed(f"geometry is {_show(geoms[bad])}, not an Esri JSON geometry object", index=bad)
     out = np.full(len(geoms), None, dtype=object)
     xs = _coordinates(geoms, "x")
     ys = _coordinates(geoms, "y")
@@ -197,18 +349,34 @@ def _decode_points(geoms: list[dict[str, Any] | None], has_z: bool) -> np.ndarra
             out[ok] = shapely.points(xs[ok], ys[ok], zs[ok])
         else:
             out[ok] = shapely.points(xs[ok], ys[ok])
+    for i in np.flatnonzero(~ok).tolist():
+        g = geoms[i]
+        if g and "x" not in g:  # not a point at all: decode it as what it is
+            try:
+                out[i] = decode_geometry(g, "esriGeometryPoint", has_z=has_z, has_m=has_m)
+            except _Malformed as exc:
+                exc.index = i
+                raise
     return out
 
 
 def decode_geometries(
     geoms: list[dict[str, Any] | None], geometry_type: str | None, *, has_z: bool = False, has_m: bool = False
 ) -> np.ndarray:
-    """A page of Esri JSON geometries → numpy object array of shapely geometries / None."""
+    """A page of Esri JSON geometries → numpy object array of shapely geometries / None.
+
+    Raises GeometryError for a malformed geometry; its ``index`` attribute (when set)
+    is the position in ``geoms``.
+    """
     if geometry_type == "esriGeometryPoint":
-        return _decode_points(geoms, has_z)
+        return _decode_points(geoms, has_z, has_m)
     out = np.empty(len(geoms), dtype=object)
     for i, g in enumerate(geoms):
-        out[i] = decode_geometry(g, geometry_type, has_z=has_z, has_m=has_m)
+        try:
+            out[i] = decode_geometry(g, geometry_type, has_z=has_z, has_m=has_m)
+        except _Malformed as exc:
+            exc.index = i
+            raise
     return out
 
 
@@ -245,31 +413,61 @@ def encode_geometry(geom: shapely.Geometry | None, has_z: bool = False) -> dict[
     raise GeometryError(f"cannot encode geometry type {kind} as Esri JSON")
 
 
+
+
 # --------------------------------------------------------------------------- attributes
 
 
+def _convert(values: list[Any], dtype: pa.DataType) -> pa.Array:
+    """Values of one field → an Arrow array of ``dtype`` (raises Arrow/Python errors)."""
+    if pa.types.is_timestamp(dtype):
+        return pa.array(values, type=pa.int64()).cast(dtype)
+    if pa.types.is_date32(dtype):
+        # DateOnly comes as "yyyy-mm-dd" strings (11.2+) or epoch ms.
+        if any(isinstance(v, str) for v in values):
+            return pa.array(values, type=pa.string()).cast(pa.date32())
+        return pa.array(values, type=pa.int64()).cast(pa.timestamp("ms")).cast(pa.date32())
+    if pa.types.is_time32(dtype):
+        if any(isinstance(v, str) for v in values):
+            return pa.array(values, type=pa.string()).cast(pa.time32("s")).cast(dtype)
+        return pa.array(values, type=pa.int32()).cast(dtype)
+    if pa.types.is_string(dtype):
+        return pa.array([v if v is None or isinstance(v, str) else str(v) for v in values], type=dtype)
+    return pa.array(values, type=dtype)
+
+
+_CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError,
+                      OverflowError)
+
+
+class _BadValue(ArcGISError):
+    """An attribute value that does not fit its field's type, with the row once known."""
+
+    def __init__(self, message: str, index: int) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 def _column(values: list[Any], dtype: pa.DataType, name: str) -> pa.Array:
-    """Values of one field → an Arrow array of the field's type (from the schema)."""
+    """Values of one field → an Arrow array of the field's type (from the schema).
+
+    Raises _BadValue (an ArcGISError) naming the field, the first value that does not
+    fit and its row.
+    """
     try:
-        if pa.types.is_timestamp(dtype):
-            return pa.array(values, type=pa.int64()).cast(dtype)
-        if pa.types.is_date32(dtype):
-            # DateOnly comes as "yyyy-mm-dd" strings (11.2+) or epoch ms.
-            if any(isinstance(v, str) for v in values):
-                return pa.array(values, type=pa.string()).cast(pa.date32())
-            return pa.array(values, type=pa.int64()).cast(pa.timestamp("ms")).cast(pa.date32())
-        if pa.types.is_time32(dtype):
-            if any(isinstance(v, str) for v in values):
-                return pa.array(values, type=pa.string()).cast(pa.time32("s")).cast(dtype)
-            return pa.array(values, type=pa.int32()).cast(dtype)
-        if pa.types.is_string(dtype):
-            return pa.array([v if v is None or isinstance(v, str) else str(v) for v in values], type=dtype)
-        return pa.array(values, type=dtype)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
-        sample = next((v for v in values if v is not None), None)
-        raise GeometryError(
-            f"field {name!r}: value {sample!r} does not fit its declared type {dtype}; "
-            f"check the layer's field list or cast the field"
+        return _convert(values, dtype)
+    except _CONVERSION_ERRORS as exc:
+        index, bad = 0, next((v for v in values if v is not None), None)
+        for i, v in enumerate(values):  # the careful path: find the value to name
+            try:
+                _convert([v], dtype)
+            except _CONVERSION_ERRORS:
+                index, bad = i, v
+                break
+        raise _BadValue(
+            f"field {name!r}: value {_show(bad)} does not fit its declared type {dtype}; {FIX_FEATURE}, "
+            f"or leave the field out with --fields",
+            index,
         ) from exc
 
 
@@ -289,7 +487,11 @@ def _attribute_lookup(attrs: dict[str, Any], names: list[str]) -> dict[str, str]
 
 
 def decode_attributes(records: list[dict[str, Any]], schema: LayerSchema) -> pa.Table:
-    """Attribute dicts → Arrow table with the schema's fields and types (missing keys → null)."""
+    """Attribute dicts → Arrow table with the schema's fields and types (missing keys → null).
+
+    Raises ArcGISError for a value that does not fit its field's type; its ``index``
+    attribute is the row.
+    """
     fields = schema.attribute_fields
     names = [f.name for f in fields]
     keymap: dict[str, str] = {}
@@ -306,15 +508,88 @@ def decode_attributes(records: list[dict[str, Any]], schema: LayerSchema) -> pa.
     return pa.Table.from_arrays(arrays, schema=schema.arrow_schema())
 
 
+# --------------------------------------------------------------------------- pages
+
+
+def _feature_label(feature: Any, index: int, schema: LayerSchema, key: str = "attributes") -> str:
+    """``feature OBJECTID=17 (index 3 of the page)``, or ``feature at index 3 of the page``."""
+    oid = None
+    attrs = feature.get(key) if isinstance(feature, dict) else None
+    if schema.oid_field is not None and isinstance(attrs, dict):
+        found = _attribute_lookup(attrs, [schema.oid_field]).get(schema.oid_field)
+        oid = None if found is None else attrs.get(found)
+    if oid is None and key == "properties" and isinstance(feature, dict):
+        oid = feature.get("id")
+    if oid is not None and schema.oid_field is not None:
+        return f"feature {schema.oid_field}={_show(oid, 30)} (index {index} of the page)"
+    return f"feature at index {index} of the page"
+
+
+def _check_page(features: Any, what: str) -> list[dict[str, Any]]:
+    """``features`` must be a list of objects; raises ArcGISError naming the first bad one."""
+    if not isinstance(features, list):
+        raise ArcGISError(f"the {what} answer's features member is {_show(features)}, not a list; {FIX_FEATURE}")
+    if not set(map(type, features)) <= {dict}:
+        bad = next(i for i, f in enumerate(features) if type(f) is not dict)
+        raise ArcGISError(
+            f"feature at index {bad} of the page is {_show(features[bad])}, not a JSON object; {FIX_FEATURE}"
+        )
+    return features
+
+
+def _decode_page(
+    features: list[dict[str, Any]], records: list[dict[str, Any]], schema: LayerSchema, label_key: str
+) -> pa.Table:
+    try:
+        return decode_attributes(records, schema)
+    except _BadValue as exc:
+        raise ArcGISError(f"{_feature_label(features[exc.index], exc.index, schema, label_key)}: {exc}") from exc
+
+
 def decode_features(features: list[dict[str, Any]], schema: LayerSchema, crs: CRS | None = None) -> FeatureBatch:
-    """A page of Esri JSON features → FeatureBatch (rows in the order given)."""
-    table = decode_attributes([f.get("attributes") or {} for f in features], schema)
+    """A page of Esri JSON features → FeatureBatch (rows in the order given).
+
+    Raises ArcGISError for a malformed page or feature (not a list, not an object,
+    ``attributes`` missing or not an object, a value that does not fit its field) and
+    GeometryError for a malformed geometry, each naming the feature (OID, else index),
+    the value and the fix.
+    """
+    features = _check_page(features, "query")
+    records = [f.get("attributes", _MISSING) for f in features]
+    if not set(map(type, records)) <= {dict}:
+        bad = next(i for i, r in enumerate(records) if type(r) is not dict)
+        got = "no attributes member" if records[bad] is _MISSING else f"attributes {_show(records[bad])}"
+        raise ArcGISError(
+            f"feature at index {bad} of the page has {got}, not an object of field values; {FIX_FEATURE}"
+        )
+    table = _decode_page(features, records, schema, "attributes")
     if schema.geometry_type is None:
         return FeatureBatch(table, None, crs if crs is not None else schema.crs)
-    geoms = decode_geometries(
-        [f.get("geometry") for f in features], schema.geometry_type, has_z=schema.has_z, has_m=schema.has_m
-    )
+    try:
+        geoms = decode_geometries(
+            [f.get("geometry") for f in features], schema.geometry_type, has_z=schema.has_z, has_m=schema.has_m
+        )
+    except _Malformed as exc:
+        where = "a feature" if exc.index is None else _feature_label(features[exc.index], exc.index, schema)
+        raise GeometryError(f"{where}: {exc.detail}; {exc.fix}") from exc
     return FeatureBatch(table, geoms, crs if crs is not None else schema.crs)
+
+
+_MISSING: Any = object()
+_SHAPE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, shapely.errors.ShapelyError)
+
+
+def _geojson_geometry(g: Any) -> shapely.Geometry | None:
+    """One GeoJSON geometry object → shapely (None when empty); raises _Malformed."""
+    if not isinstance(g, dict):
+        raise _Malformed(f"geometry is {_show(g)}, not a GeoJSON geometry object")
+    try:
+        geom = shapely.geometry.shape(g)
+    except _SHAPE_ERRORS as exc:
+        raise _Malformed(f"geometry {_show(g)} is not readable GeoJSON ({_show(str(exc), 80)})") from exc
+    if not isinstance(geom, shapely.Geometry):
+        raise _Malformed(f"geometry {_show(g)} is not readable GeoJSON")
+    return None if geom.is_empty else geom
 
 
 def decode_geojson_features(features: list[dict[str, Any]], schema: LayerSchema) -> FeatureBatch:
@@ -322,25 +597,39 @@ def decode_geojson_features(features: list[dict[str, Any]], schema: LayerSchema)
 
     ArcGIS (10.8+) sends dates as epoch ms in properties and the OID as the feature
     ``id``; Koop 9.3 omits ``"type": "Feature"`` and ``id``, so neither is required.
+    Null ``properties`` are allowed (RFC 7946). Malformed pages, features, properties
+    and geometries (including NaN or infinite coordinates) raise ArcGISError or
+    GeometryError naming the feature, the value and the fix.
     """
+    features = _check_page(features, "f=geojson query")
     records = []
-    for f in features:
-        props = dict(f.get("properties") or {})
+    for i, f in enumerate(features):
+        props = f.get("properties")
+        if props is not None and not isinstance(props, dict):
+            raise ArcGISError(
+                f"{_feature_label(f, i, schema, 'properties')}: properties {_show(props)} is not an object; "
+                f"{FIX_FEATURE}"
+            )
+        props = dict(props or {})
         if schema.oid_field is not None and schema.oid_field not in props and f.get("id") is not None:
             props[schema.oid_field] = f["id"]
         records.append(props)
-    table = decode_attributes(records, schema)
+    table = _decode_page(features, records, schema, "properties")
     if schema.geometry_type is None:
         return FeatureBatch(table, None, schema.crs)
     geoms = np.empty(len(features), dtype=object)
     for i, f in enumerate(features):
         g = f.get("geometry")
-        if g is None:
-            geoms[i] = None
-            continue
         try:
-            geom = shapely.geometry.shape(g)
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:
-            raise GeometryError(f"feature {i} of a GeoJSON page has an unreadable geometry: {exc}") from exc
-        geoms[i] = None if geom.is_empty else geom
+            geoms[i] = None if g is None else _geojson_geometry(g)
+        except _Malformed as exc:
+            raise GeometryError(f"{_feature_label(f, i, schema, 'properties')}: {exc.detail}; {exc.fix}") from exc
+    coords, index = shapely.get_coordinates(geoms, include_z=True, return_index=True)
+    finite = np.isfinite(coords[:, :2]).all(axis=1) & ~np.isinf(coords[:, 2])
+    if not finite.all():
+        i = int(index[np.argmin(finite)])
+        raise GeometryError(
+            f"{_feature_label(features[i], i, schema, 'properties')}: geometry has the coordinate "
+            f"{_show(coords[np.argmin(finite)].tolist())}, not finite; {FIX_GEOMETRY}"
+        )
     return FeatureBatch(table, geoms, schema.crs)
