@@ -7,7 +7,10 @@ pipeline inserts a reprojection) and write what RFC 7946 asks for:
 * the right-hand rule (§3.1.6): exterior rings counter-clockwise, holes clockwise.
   Esri JSON uses the opposite winding, so every polygon is re-oriented;
 * coordinates rounded to ``precision`` decimals (default 7, about 1 cm; §11.2) and
-  written in their shortest form (``12.5``, ``0.0``, ``1e-7``);
+  written in their shortest form (``12.5``, ``0.0``, ``1e-7``); values too large for
+  that rounding to mean anything (``|v| * 10**precision >= 2**53``) are written as they
+  are, up to the largest double (``1e+308``). NaN or infinite X/Y (or infinite Z) fail
+  the run with a GeometryError naming the feature;
 * ``"id"`` is the OID value when the schema has an OID field (the OID also stays a
   property); a null OID gives a feature without ``"id"``;
 * properties: dates (``timestamp``) as ISO 8601 UTC strings ``"1965-03-01T00:00:00Z"``
@@ -61,14 +64,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import CapabilityError, ConfigError, GeometryError
-from ags_etl.loaders.base import WGS84, Loader, LoaderCapabilities, LoadStats, atomic_file, check_batch_crs
+from ags_etl.loaders.base import (
+    WGS84,
+    Loader,
+    LoaderCapabilities,
+    LoadStats,
+    atomic_file,
+    check_batch_crs,
+)
 from ags_etl.loaders.text import (
     LSTR,
+    MAGNITUDE_LIMIT,
     decompose_geometries,
+    describe_feature,
     iso_timestamps,
     join,
     join_runs,
     lit,
+    locate_bad_coordinate,
     orient_right_hand,
     reject_unknown_options,
     reorder_parts,
@@ -86,6 +99,7 @@ __all__ = [
     "geojson_geometry_text",
     "json_sequence_text",
     "json_value_text",
+    "round_coordinates",
 ]
 
 _WRITE_BUFFER = 1 << 20
@@ -160,25 +174,41 @@ def json_value_text(name: str, column: pa.Array | pa.ChunkedArray) -> pa.Array |
 # --------------------------------------------------------------------------- geometry text
 
 
+def round_coordinates(coords: np.ndarray, precision: int) -> np.ndarray:
+    """``coords`` rounded to ``precision`` decimals, without ever overflowing; ``-0.0`` becomes ``0.0``.
+
+    Only values with ``|value| * 10**precision < 2**53`` are rounded (there the decimal
+    grid is finer than the value's own precision); larger ones — up to the largest
+    double — are kept exactly as they are, since rounding them would change nothing but
+    could overflow to infinity (``np.round(1e308, 7)`` is ``inf``). NaN stays NaN.
+    """
+    limit = MAGNITUDE_LIMIT / 10.0**precision
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = np.round(coords, precision)
+        small = np.abs(coords) < limit
+    return np.where(small, rounded, coords) + 0.0
+
+
 def json_sequence_text(coords: np.ndarray, seq_counts: np.ndarray, precision: int, wrap: np.ndarray) -> pa.Array:
     """JSON text per coordinate sequence: ``[x,y],[x,y]``, wrapped in ``[…]`` where ``wrap``.
 
-    Numbers are the shortest round-trip form of the rounded values (``12.5``, ``0.0``,
-    ``1e-7`` — all valid JSON numbers). All coordinates of the batch go through one
-    ``orjson.dumps`` of the numpy array (about 2× faster than the character-matrix
-    route of :func:`~ags_etl.loaders.text.sequence_text`, which is kept for batches that mix 2D and 3D
-    geometries: orjson would write their missing Z as ``null``). The positions of the
-    ``[`` that open each coordinate split the output into sequences without copying.
+    Numbers are the shortest round-trip form of the values rounded by
+    :func:`round_coordinates` (``12.5``, ``0.0``, ``1e-7``, ``1e+308`` — all valid JSON
+    numbers). All coordinates of the batch go through one ``orjson.dumps`` of the numpy
+    array; in a batch that mixes 2D and 3D geometries the missing Z values (NaN) come out
+    as ``,null]`` and are cut from the text (X and Y are checked finite first, so no
+    other ``null`` can occur). The positions of the ``[`` that open each coordinate
+    split the output into sequences without copying. Raises GeometryError ("NaN or
+    infinite coordinates") for a non-finite X or Y or an infinite Z.
     """
     rows, dims = coords.shape
-    if rows == 0 or (dims == 3 and np.isnan(coords[:, 2]).any()):
-        return sequence_text(
-            coords, seq_counts, precision, strip=True, tuple_open=b"[", tuple_close=b"]", between=b",",
-            seq_open=b"[", seq_close=b"]", wrap=wrap,
-        )
-    if not np.isfinite(coords).all():
+    if rows == 0:
+        return sequence_text(coords, seq_counts, precision, strip=True, seq_open=b"[", seq_close=b"]", wrap=wrap)
+    if not np.isfinite(coords[:, :2]).all() or (dims == 3 and np.isinf(coords[:, 2]).any()):
         raise GeometryError("a geometry has NaN or infinite coordinates; repair or drop it before writing")
-    text = orjson.dumps(np.round(coords, precision) + 0.0, option=orjson.OPT_SERIALIZE_NUMPY)  # "[[x,y],[x,y]]"
+    text = orjson.dumps(round_coordinates(coords, precision), option=orjson.OPT_SERIALIZE_NUMPY)  # "[[x,y],[x,y]]"
+    if dims == 3:
+        text = text.replace(b",null]", b"]")  # a 2D geometry in a batch with 3D ones: no Z
     opens = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == ord("["))[1:]  # numbers hold no "["
     # Sequence k runs from the "[" of its first coordinate to just before the "," (or the
     # final "]") that follows its last one; the offsets below include that one extra
@@ -232,8 +262,11 @@ def geojson_geometry_text(geoms: np.ndarray, precision: int = 7) -> pa.Array:
         full = pa.array(["null"] * n, LSTR)
     if len(parts.collections):
         collection_json: list[str] = []
-        for g in orient_right_hand(geoms[parts.collections]).tolist():
-            rounded = shapely.transform(g, lambda c: np.round(c, precision) + 0.0, include_z=g.has_z)
+        collections = geoms[parts.collections]
+        if not np.isfinite(shapely.get_coordinates(collections)).all():
+            raise GeometryError("a geometry has NaN or infinite coordinates; repair or drop it before writing")
+        for g in orient_right_hand(collections).tolist():
+            rounded = shapely.transform(g, lambda c: round_coordinates(c, precision), include_z=g.has_z)
             collection_json.append(str(shapely.to_geojson(rounded)))
         mask = np.zeros(n, dtype=bool)
         mask[parts.collections] = True
@@ -285,12 +318,28 @@ class GeoJSONWriter:
         tail = "}\n" if self._seq else "}"
         return join(lit(head + '{"type":"Feature",'), ids, lit('"geometry":'), geometry, lit(',"properties":'), properties, lit(tail))
 
+    def _name_bad_feature(self, batch: FeatureBatch, exc: GeometryError) -> GeometryError:
+        """The geometry error again, naming the feature at fault (found by a second pass)."""
+        found = None if batch.geometry is None else locate_bad_coordinate(batch.geometry)
+        if found is None:
+            return exc
+        row, coordinate = found
+        who = describe_feature(batch.attributes, row, self._oid_field, self.stats.features)
+        return GeometryError(
+            f"{self._loader}: {who} has the coordinate {coordinate} (NaN or infinite coordinates cannot be "
+            f"written as GeoJSON); repair or drop it before writing, or exclude the feature with --where"
+        )
+
     def write(self, batch: FeatureBatch) -> None:
-        """Append the batch's features. Raises CapabilityError for a batch not in EPSG:4326."""
+        """Append the batch's features. Raises CapabilityError for a batch not in EPSG:4326,
+        GeometryError naming the feature for NaN or infinite coordinates."""
         check_batch_crs(self._loader, batch, WGS84)
         if len(batch) == 0:
             return
-        text = self.features_text(batch)
+        try:
+            text = self.features_text(batch)
+        except GeometryError as exc:
+            raise self._name_bad_feature(batch, exc) from exc
         # The first feature of a FeatureCollection has no "," before it.
         skip = 1 if not self._seq and self.stats.features == 0 else 0
         write_text(self._fh, text, skip=skip)

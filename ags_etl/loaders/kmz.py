@@ -32,7 +32,9 @@ reads no layer from a document that uses a prefix):
   one ``<innerBoundaryIs>`` per hole (right-hand rule: exterior counter-clockwise),
   multi-part geometries and collections as ``<MultiGeometry>`` (collections flattened).
   Coordinates are ``lon,lat[,z]`` with ``precision`` decimals (default 7, fixed
-  notation). Z is written when the geometry has it; no ``<altitudeMode>`` is written, so
+  notation). A coordinate that fixed notation cannot carry exactly (NaN, infinite, or
+  ``|v| * 10**precision >= 2**53``, e.g. ``1e308``) fails the run with a GeometryError
+  naming the feature (its OID) — never a rounded or ``nan`` text. Z is written when the geometry has it; no ``<altitudeMode>`` is written, so
   viewers clamp to ground (KML's default);
 * missing or empty geometries give a Placemark without geometry (legal KML; the
   feature count is kept). A *table* (schema without geometry) is refused with a
@@ -62,15 +64,18 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from ags_etl.batch import FeatureBatch
-from ags_etl.errors import CapabilityError, ConfigError, LoadError
+from ags_etl.errors import CapabilityError, ConfigError, GeometryError, LoadError
 from ags_etl.loaders.base import WGS84, Loader, LoaderCapabilities, LoadStats, atomic_file, check_batch_crs
 from ags_etl.loaders.text import (
     LSTR,
+    MAGNITUDE_LIMIT,
     decompose_geometries,
+    describe_feature,
     iso_timestamps,
     join,
     join_runs,
     lit,
+    locate_bad_coordinate,
     reject_unknown_options,
     reorder_parts,
     scatter,
@@ -275,12 +280,30 @@ class KMLWriter:
         styles = pc.take(_STYLE_BY_TYPE, pa.array(type_ids + 1))
         return join(lit('<Placemark id="'), ids, lit('">'), names, styles, extended, geometry, lit("</Placemark>\n"))
 
+    def _name_bad_feature(self, batch: FeatureBatch, exc: GeometryError) -> GeometryError:
+        """The coordinate error again, naming the feature at fault (found by a second pass)."""
+        limit = MAGNITUDE_LIMIT / 10.0**self._precision
+        found = None if batch.geometry is None else locate_bad_coordinate(batch.geometry, limit)
+        if found is None:
+            return exc
+        row, coordinate = found
+        who = describe_feature(batch.attributes, row, self._oid_field, self.stats.features)
+        return GeometryError(
+            f"kmz: {who} has the coordinate {coordinate}, which KML cannot hold: coordinates are written in "
+            f"fixed notation with {self._precision} decimals, so each must be finite with |value| < {limit:.4g}; "
+            f"check the layer's CRS, or exclude the feature with --where (GeoJSON and GeoParquet keep any finite value)"
+        )
+
     def write(self, batch: FeatureBatch) -> None:
-        """Append the batch as Placemarks. Raises CapabilityError for a batch not in EPSG:4326."""
+        """Append the batch as Placemarks. Raises CapabilityError for a batch not in EPSG:4326,
+        GeometryError naming the feature for a coordinate KML text cannot hold."""
         check_batch_crs("kmz", batch, WGS84)
         if len(batch) == 0:
             return
-        text = self._placemarks(batch)
+        try:
+            text = self._placemarks(batch)
+        except GeometryError as exc:
+            raise self._name_bad_feature(batch, exc) from exc
         if self._size_limit is not None:
             size = pc.sum(pc.binary_length(text)).as_py() or 0
             if self._written + size > self._size_limit:

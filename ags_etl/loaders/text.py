@@ -27,6 +27,9 @@ Contracts:
   zeros, never ``-0``), Z only where it is not NaN, with caller-chosen separators and
   brackets. It raises GeometryError for NaN/infinite coordinates and for values too
   large to round exactly (``|value| * 10**precision >= 2**53``).
+* **Naming a bad feature**: once a batch's coordinates were refused,
+  :func:`locate_bad_coordinate` finds the first row at fault (a second, slow pass that
+  only runs on failure) and :func:`describe_feature` names it by OID for the message.
 * **Values**: :func:`iso_timestamps` gives ISO 8601 UTC text for a timestamp column
   (``1965-03-01T00:00:00Z``, milliseconds only where a value has them); nulls stay null.
 * **Options**: :func:`validate_precision` and :func:`reject_unknown_options`
@@ -49,12 +52,15 @@ from ags_etl.errors import ConfigError, GeometryError
 
 __all__ = [
     "LSTR",
+    "MAGNITUDE_LIMIT",
     "GeometryParts",
     "decompose_geometries",
+    "describe_feature",
     "iso_timestamps",
     "join",
     "join_runs",
     "lit",
+    "locate_bad_coordinate",
     "orient_right_hand",
     "reject_unknown_options",
     "reorder_parts",
@@ -68,7 +74,8 @@ LSTR = pa.large_string()  # int64 offsets: one batch of big polygons may pass 2 
 _POLYGONAL_IDS = (3, 6, 7)
 #: |coordinate| limit so that value * 10**precision is an exact float64 integer (far beyond any
 #: longitude, latitude or altitude in metres).
-_MAGNITUDE_LIMIT = 2.0**53
+MAGNITUDE_LIMIT = 2.0**53
+_MAGNITUDE_LIMIT = MAGNITUDE_LIMIT
 
 
 # --------------------------------------------------------------------------- text arrays
@@ -134,6 +141,34 @@ def reject_unknown_options(loader: str, options: dict[str, Any], known: tuple[st
             f"{loader}: unknown option(s) {', '.join(map(repr, unknown))}; "
             f"this loader takes {', '.join(known) if known else 'no options'}"
         )
+
+
+def locate_bad_coordinate(geoms: np.ndarray, magnitude_limit: float | None = None) -> tuple[int, list[float]] | None:
+    """``(row, coordinate)`` of the first geometry with a NaN/infinite X or Y, an infinite Z
+    or (when ``magnitude_limit`` is given) an ordinate with ``|value| >= magnitude_limit``;
+    None when every coordinate is fine. For error messages: one pass over the batch.
+    """
+    coords, index = shapely.get_coordinates(geoms, include_z=True, return_index=True)
+    if len(coords) == 0:
+        return None
+    bad = ~np.isfinite(coords[:, :2]).all(axis=1) | np.isinf(coords[:, 2])
+    if magnitude_limit is not None:
+        with np.errstate(invalid="ignore"):
+            bad |= (np.abs(coords) >= magnitude_limit).any(axis=1)
+    if not bad.any():
+        return None
+    k = int(np.argmax(bad))
+    coordinate = coords[k] if not np.isnan(coords[k, 2]) else coords[k, :2]  # a 2D geometry: no Z to show
+    return int(index[k]), coordinate.tolist()
+
+
+def describe_feature(attributes: pa.Table, row: int, oid_field: str | None, rows_before: int) -> str:
+    """``feature OBJECTID=17``, or ``feature 42 of the output`` (1-based) without an OID value."""
+    if oid_field is not None and oid_field in attributes.column_names:
+        oid = attributes.column(oid_field)[row].as_py()
+        if oid is not None:
+            return f"feature {oid_field}={oid}"
+    return f"feature {rows_before + row + 1} of the output"
 
 
 # --------------------------------------------------------------------------- attributes
