@@ -8,6 +8,11 @@ before they expire and once when a server answers 498, transparently, mid-run.
 
 Secrets never leave this module except as the ``token`` form field / the
 ``X-Esri-Authorization`` header: ``repr()`` hides them and no message holds them.
+The password goes only to the token endpoint, in a POST body; the client refuses to
+follow that endpoint's redirect to another origin, so the password cannot be forwarded.
+
+Credentials written into a URL (``https://user:pass@host/…``) are taken apart by
+:func:`split_url_credentials`; the userinfo itself is never sent in a URL.
 """
 
 from __future__ import annotations
@@ -16,12 +21,28 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ags_etl.errors import ArcGISError, TokenError
+from ags_etl.errors import ServiceError, TokenError
 
 if TYPE_CHECKING:
     from ags_etl.arcgis.client import ArcGISClient
+
+
+def split_url_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """``https://user:pa%40ss@h/x`` → ``("https://h/x", "user", "pa@ss")``.
+
+    Pure. The userinfo (everything before the last ``@`` of the network location) is
+    removed from the URL and percent-decoded; an absent or empty user name or password
+    is None. A URL without userinfo comes back unchanged with ``(None, None)``.
+    """
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    clean = urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment))
+    return clean, unquote(user) or None, (unquote(password) or None) if colon else None
 
 
 def site_root(url: str) -> str:
@@ -134,9 +155,9 @@ class UserPasswordAuth(Auth):
         }
         try:
             answer = client.request_json(self.token_url, data, method="POST", authenticate=False)
-        except TokenError:
-            raise
-        except ArcGISError as exc:
+        except ServiceError as exc:
+            # Only the service's own refusal (an error body) means "wrong credentials";
+            # an unreachable endpoint or a refused redirect keeps its own message.
             raise TokenError(
                 f"token service {self.token_url} refused username {self.username!r}: {exc}; "
                 f"check the username and password (--username/--password or AGS_ETL_USERNAME/AGS_ETL_PASSWORD)"

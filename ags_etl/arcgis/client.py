@@ -13,25 +13,58 @@ Contract of :meth:`ArcGISClient.request_json`:
   :class:`TransientError`;
 * TLS verification is always on;
 * tokens go in the POST body and the ``X-Esri-Authorization`` header, never in
-  a URL; every URL in a message or log line passes through :func:`redact`.
+  a URL; every URL in a message or log line passes through :func:`redact`, which
+  also hides userinfo (``user:pass@``); userinfo is never sent in a URL, and
+  neither ``~/.netrc`` nor URL userinfo becomes an ``Authorization`` header.
+
+Redirects are followed here, not by requests, at most :data:`MAX_REDIRECTS` hops,
+each hop re-sending the same method and parameters (an ArcGIS operation *is* its
+parameters: turning a POSTed query into a body-less GET, as browsers do on
+301/302/303, would silently ask another question). Which hops are followed is
+decided by the pure :func:`redirect_allowed`:
+
+* same scheme, host and port: followed, credentials included;
+* another host, port or scheme: followed only when the request carries no
+  credential (token, API key, password, cookie, ``Authorization`` header);
+  otherwise :class:`ArcGISError` names both URLs and says to use the final URL
+  directly. The token endpoint's POST carries the password, so it is never
+  followed to another origin;
+* https → http: always refused.
+
+``timeout`` is a deadline for the whole request: connecting, every redirect hop
+and every byte of the body. The body is streamed; a server that trickles it past
+the deadline is abandoned (``no complete answer within N s``) and retried like a
+timeout. The body is counted after decompression and may not exceed
+``max_response_bytes``: a larger answer (a gzip bomb, or a page far beyond any
+real one) stops the read at that size with a non-retried :class:`ArcGISError`,
+so memory stays bounded.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import orjson
 import requests
+import urllib3
 
 from ags_etl import __version__
-from ags_etl.arcgis.auth import Auth, NoAuth
-from ags_etl.errors import ArcGISError, QueryError, ServiceError, TokenError, TransientError
+from ags_etl.arcgis.auth import Auth, NoAuth, split_url_credentials
+from ags_etl.errors import (
+    ArcGISError,
+    ConfigError,
+    QueryError,
+    ServiceError,
+    TokenError,
+    TransientError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +74,97 @@ RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 RETRY_ERROR_CODES = frozenset({500, 502, 503, 504})
 SECRET_KEYS = ("token", "password", "api_key", "apikey", "client_secret", "key")
 _SECRET_RE = re.compile(r"(?i)\b(" + "|".join(SECRET_KEYS) + r")=([^&\s]*)")
+#: ``scheme://user:pass@`` — greedy up to the last ``@`` before the path, as urlsplit reads it.
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/?#]*@")
+#: Headers that carry a credential; a request holding one is not sent to another origin.
+CREDENTIAL_HEADERS = ("authorization", "x-esri-authorization", "cookie", "proxy-authorization")
+#: Parameters that carry a credential (the token endpoint's ``password`` among them).
+CREDENTIAL_PARAMS = frozenset(SECRET_KEYS)
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+#: Redirect hops followed per request before giving up.
+MAX_REDIRECTS = 5
+#: Default cap on one answer after decompression: far above any real page (a 2000-row
+#: page of detailed polygons is tens of MB) and far below a decompression bomb.
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
+#: Bytes asked of the socket per read; each read returns what has arrived (read1), so the
+#: deadline is checked at least every ``timeout`` seconds even when a server trickles.
+_CHUNK = 64 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def redact(text: str) -> str:
-    """Hide ``token=…``/``password=…`` values in a URL or message."""
-    return _SECRET_RE.sub(lambda m: f"{m.group(1)}=<redacted>", text)
+    """Hide ``token=…``/``password=…`` values and URL userinfo (``user:pass@``) in a URL or message."""
+    return _SECRET_RE.sub(lambda m: f"{m.group(1)}=<redacted>", _USERINFO_RE.sub(r"\1", text))
 
 
 def display_url(url: str) -> str:
     """URL without query string or credentials, for messages."""
     parts = urlsplit(url)
     netloc = parts.hostname or ""
+    if ":" in netloc:  # IPv6 literal
+        netloc = f"[{netloc}]"
     if parts.port is not None:
         netloc = f"{netloc}:{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+
+
+def redirect_allowed(from_url: str, to_url: str, has_credentials: bool) -> str | None:
+    """Whether a redirect from ``from_url`` to ``to_url`` may be followed: None if yes, else why not.
+
+    Pure. https → http is always refused (the answer, and any later request, would travel
+    in clear text); another origin (scheme, host or port) is refused when the request
+    carries a credential; a target that is not an http(s) URL is refused.
+    """
+    target = urlsplit(to_url)
+    if target.scheme.lower() not in _DEFAULT_PORTS or not target.hostname:
+        return "the target is not an http(s) URL"
+    if urlsplit(from_url).scheme.lower() == "https" and target.scheme.lower() == "http":
+        return "it leaves https for http"
+    if _origin(from_url) != _origin(to_url) and has_credentials:
+        return "it leads to another host and the request carries credentials, which stay with the host they were given for"
+    return None
+
+
+def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """An auth hook that adds nothing: with it, requests neither reads ``~/.netrc`` nor turns
+    URL userinfo into an ``Authorization`` header."""
+    return request
+
+
+class _Broken(Exception):
+    """An exchange that failed in a way a retry may cure (connection, timeout, deadline)."""
+
+    def __init__(self, reason: str, *, reached: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        #: False when no connection was made (the message then says "could not reach").
+        self.reached = reached
+
+
+class _Answer:
+    """Status, headers and (for 2xx/3xx without redirect) the decoded body of one exchange."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytearray) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
 class ArcGISClient:
     """A requests.Session with ArcGIS error handling. Use as a context manager.
 
-    ``timeout`` is seconds per request (connect and read); ``retries`` the number of
-    re-tries after the first attempt for transient failures; ``backoff`` the base delay.
+    ``timeout`` is the deadline in seconds for each attempt of a request (connect,
+    redirects and the whole body); ``retries`` the number of re-tries after the first
+    attempt for transient failures; ``backoff`` the base delay; ``max_response_bytes``
+    the largest answer accepted, counted after decompression. A ``timeout`` that is not
+    a positive number, negative ``retries`` or a ``max_response_bytes`` below 1 raise
+    :class:`ConfigError` naming the option.
     """
 
     def __init__(
@@ -74,13 +177,25 @@ class ArcGISClient:
         max_backoff: float = 30.0,
         user_agent: str = USER_AGENT,
         pool_size: int = 16,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
+        if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+            raise ConfigError(f"--timeout must be a number of seconds above 0, got {timeout!r}; e.g. --timeout 60")
+        if not isinstance(retries, int) or retries < 0:
+            raise ConfigError(f"--retries must be 0 or more, got {retries!r}; give 0 for no retries, e.g. --retries 5")
+        if not isinstance(max_response_bytes, int) or max_response_bytes < 1:
+            raise ConfigError(
+                f"--max-response-mb must be at least 1 MB, got {max_response_bytes!r} bytes; e.g. --max-response-mb 256"
+            )
         self.auth = auth if auth is not None else NoAuth()
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.max_response_bytes = max_response_bytes
         self.session = requests.Session()
+        # trust_env stays on for proxies and REQUESTS_CA_BUNDLE; every request carries the
+        # no-op auth hook, so ~/.netrc is never read.
         self.session.verify = True
         self.session.headers["User-Agent"] = user_agent
         adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
@@ -111,6 +226,7 @@ class ArcGISClient:
     def request_json(
         self, url: str, params: dict[str, Any], *, method: str = "POST", authenticate: bool = True
     ) -> dict[str, Any]:
+        url = split_url_credentials(url)[0]  # userinfo is never sent (nor shown)
         params = {k: _form_value(v) for k, v in params.items() if v is not None}
         params.setdefault("f", "json")
         refreshed = False
@@ -148,31 +264,25 @@ class ArcGISClient:
         for attempt in range(self.retries + 1):
             retry_after: float | None = None
             try:
-                self.requests_made += 1
-                if method == "GET":
-                    resp = self.session.get(url, params=params, headers=headers, timeout=self.timeout)
-                else:
-                    resp = self.session.post(url, data=params, headers=headers, timeout=self.timeout)
-            except requests.exceptions.SSLError as exc:
-                raise ArcGISError(
-                    f"TLS verification failed for {where}: {redact(str(exc).splitlines()[0])[:200]}; "
-                    f"fix the server certificate or install its CA (REQUESTS_CA_BUNDLE); verification stays on"
-                ) from exc
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                last = _connection_reason(exc, self.timeout)
+                resp = self._exchange(method, url, params, headers)
+            except _Broken as exc:
+                last = exc.reason
                 if attempt < self.retries:
-                    log.info("%s %s failed (%s); retrying", method, where, type(exc).__name__)
+                    log.info("%s %s failed (%s); retrying", method, where, exc.reason)
                     self._sleep(attempt)
                     continue
                 tries = "1 attempt" if attempt == 0 else f"{attempt + 1} attempts"
+                if not exc.reached:
+                    raise TransientError(
+                        f"could not reach {where} after {tries} ({last}); "
+                        f"check the URL and your network, or raise --timeout"
+                    ) from exc
                 raise TransientError(
-                    f"could not reach {where} after {tries} ({last}); "
-                    f"check the URL and your network, or raise --timeout"
+                    f"{where} gave no usable answer after {tries} ({last}); "
+                    f"raise --timeout if the server is slow, or try again later"
                 ) from exc
-            except requests.exceptions.RequestException as exc:
-                raise ArcGISError(f"request to {where} failed: {redact(str(exc))[:200]}; check the URL") from exc
 
-            status = resp.status_code
+            status = resp.status
             if status in RETRY_STATUS:
                 last = f"HTTP {status}"
                 header = resp.headers.get("Retry-After")
@@ -190,9 +300,9 @@ class ArcGISClient:
             if status >= 400:
                 raise ArcGISError(f"{where} answered HTTP {status}; check the URL and parameters")
             try:
-                body = orjson.loads(resp.content)
+                body = orjson.loads(resp.body)
             except orjson.JSONDecodeError as exc:
-                snippet = resp.text[:80].replace("\n", " ")
+                snippet = bytes(resp.body[:80]).decode("utf-8", "replace").replace("\n", " ")
                 raise ArcGISError(
                     f"{where} did not answer JSON (starts {snippet!r}); is it an ArcGIS REST endpoint?"
                 ) from exc
@@ -224,6 +334,108 @@ class ArcGISClient:
                 raise QueryError(text, code=code, details=details)
             raise ServiceError(text, code=code, details=details)
         raise TransientError(f"{where}: {last}")  # pragma: no cover - loop always returns or raises
+
+    def _exchange(self, method: str, url: str, params: dict[str, Any], headers: dict[str, str]) -> _Answer:
+        """One attempt: send, follow redirects (see the module docstring), read the body.
+
+        Raises :class:`_Broken` for what a retry may cure, :class:`ArcGISError` otherwise.
+        """
+        deadline = time.monotonic() + self.timeout
+        for _hop in range(MAX_REDIRECTS + 1):
+            prepared = self.session.prepare_request(
+                requests.Request(
+                    method,
+                    url,
+                    params=params if method == "GET" else None,
+                    data=params if method != "GET" else None,
+                    headers=headers,
+                    auth=_no_auth,
+                )
+            )
+            resp = self._send(prepared, deadline)
+            with resp:
+                location = resp.headers.get("Location")
+                if resp.status_code not in REDIRECT_STATUS or location is None:
+                    body = bytearray()
+                    if resp.status_code < 400:  # error statuses are judged by their code alone
+                        body = self._read_body(resp, deadline, url)
+                    return _Answer(resp.status_code, resp.headers, body)
+            target = split_url_credentials(urljoin(url, location))[0]
+            next_request = self.session.prepare_request(requests.Request(method, target, headers=headers, auth=_no_auth))
+            carries = _carries_credentials(params, next_request.headers)
+            refusal = redirect_allowed(url, target, carries)
+            if refusal is not None:
+                raise ArcGISError(
+                    f"{display_url(url)} redirected (HTTP {resp.status_code}) to {display_url(target)}, "
+                    f"which ags-etl does not follow: {refusal}; use the final URL directly if you trust it"
+                )
+            log.debug("%s redirected (HTTP %s) to %s", display_url(url), resp.status_code, display_url(target))
+            url = target
+        raise ArcGISError(
+            f"{display_url(url)} redirected more than {MAX_REDIRECTS} times; use the final URL directly"
+        )
+
+    def _send(self, prepared: requests.PreparedRequest, deadline: float) -> requests.Response:
+        """Send one prepared request with what remains of the deadline; headers only (stream)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Broken(f"no complete answer within {self.timeout:g} s", reached=True)
+        assert prepared.url is not None
+        settings = self.session.merge_environment_settings(prepared.url, {}, True, None, None)
+        try:
+            self.requests_made += 1
+            return self.session.send(prepared, timeout=(remaining, remaining), allow_redirects=False, **settings)
+        except requests.exceptions.SSLError as exc:
+            raise ArcGISError(
+                f"TLS verification failed for {display_url(prepared.url)}: "
+                f"{redact(str(exc).splitlines()[0])[:200]}; "
+                f"fix the server certificate or install its CA (REQUESTS_CA_BUNDLE); verification stays on"
+            ) from exc
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            reached = isinstance(exc, requests.exceptions.ReadTimeout) or "remotedisconnected" in str(exc).lower()
+            raise _Broken(_connection_reason(exc, self.timeout), reached=reached) from exc
+        except requests.exceptions.RequestException as exc:
+            raise ArcGISError(
+                f"request to {display_url(prepared.url)} failed: {redact(str(exc))[:200]}; check the URL"
+            ) from exc
+
+    def _read_body(self, resp: requests.Response, deadline: float, url: str) -> bytearray:
+        """The decoded body, read chunk by chunk until the deadline or the size cap stops it."""
+        raw: urllib3.HTTPResponse = resp.raw
+        body = bytearray()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Broken(f"no complete answer within {self.timeout:g} s", reached=True)
+            sock = getattr(raw.connection, "sock", None)
+            if sock is not None:
+                sock.settimeout(remaining)  # no single read may outlast the deadline
+            try:
+                # read1 returns what has arrived (read() would wait for a full chunk, however
+                # slowly it trickles in); decoding is bounded by the size asked for.
+                chunk = raw.read1(_CHUNK, decode_content=True)
+            except urllib3.exceptions.ReadTimeoutError as exc:
+                raise _Broken(f"no complete answer within {self.timeout:g} s", reached=True) from exc
+            except urllib3.exceptions.DecodeError as exc:
+                raise _Broken("the answer could not be decompressed", reached=True) from exc
+            except (urllib3.exceptions.ProtocolError, OSError) as exc:
+                raise _Broken("connection broken during the answer", reached=True) from exc
+            if not chunk:
+                return body
+            body += chunk
+            if len(body) > self.max_response_bytes:
+                host = urlsplit(url).hostname or display_url(url)
+                raise ArcGISError(
+                    f"answer from {host} exceeded {self.max_response_bytes / 2**20:g} MB after decompression; "
+                    f"lower --page-size, or raise --max-response-mb if the layer really has pages this large"
+                )
+
+
+def _carries_credentials(params: Mapping[str, Any], headers: Mapping[str, Any]) -> bool:
+    """Whether a request with these parameters and (prepared) headers holds a credential."""
+    if any(key.lower() in CREDENTIAL_PARAMS for key in params):
+        return True
+    return any(name.lower() in CREDENTIAL_HEADERS for name in headers)
 
 
 _REASONS = (
