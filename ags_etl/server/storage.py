@@ -17,6 +17,12 @@ Each HTTP request borrows a read connection from the pool
 one at a time). Read connections are opened read-only with ``query_only``, and
 an authorizer that allows only reads of ``features`` and a list of harmless
 functions — the guard behind user where clauses.
+
+Every borrowed connection carries a deadline: a SQLite progress handler,
+called every few thousand virtual-machine steps (and so between two calls of
+``__ags_hit``), interrupts the statement once the deadline has passed, so an
+expensive where clause stops using the CPU when its request's time is up, not
+when the statement would have finished.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +72,11 @@ _SQL_TYPES = {
 #: Longest string/blob a query may build (SQLite's default is 1e9): a where clause
 #: nesting replace() cannot eat the machine's memory.
 _MAX_VALUE_BYTES = 256 * 1024 * 1024
+#: SQLite virtual-machine steps between two deadline checks (a check costs ~0.2 µs,
+#: a thousand steps ~20 µs).
+_PROGRESS_STEPS = 1000
+#: Deepest expression tree a statement may hold (SQLite's default is 1000).
+_MAX_EXPR_DEPTH = 200
 
 
 def quote(name: str) -> str:
@@ -74,15 +86,35 @@ def quote(name: str) -> str:
 
 @dataclass
 class Reader:
-    """A pooled read connection; ``filter_geometry`` is what ``__ags_hit(wkb)`` tests against."""
+    """A pooled read connection; ``filter_geometry`` is what ``__ags_hit(wkb)`` tests against.
+
+    ``deadline`` (a ``time.monotonic()`` value, or None for none) is enforced by the
+    progress handler: a statement still running then fails with
+    ``sqlite3.OperationalError`` ("interrupted") and ``timed_out`` becomes True.
+    """
 
     conn: sqlite3.Connection
     filter_geometry: shapely.Geometry | None = None
+    deadline: float | None = None
+    timed_out: bool = False
 
     def hit(self, wkb: bytes | None) -> int:
         if wkb is None or self.filter_geometry is None:
             return 0
         return 1 if self.filter_geometry.intersects(shapely.from_wkb(wkb)) else 0
+
+    def progress(self) -> int:
+        """SQLite progress handler: non-zero (interrupt) once the deadline has passed."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.timed_out = True
+            return 1
+        return 0
+
+    def expired(self) -> bool:
+        """True once the deadline has passed (for Python-side work between statements)."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.timed_out = True
+        return self.timed_out
 
 
 @dataclass
@@ -193,24 +225,31 @@ class LayerStore:
         conn.execute("PRAGMA mmap_size=268435456")
         if hasattr(conn, "setlimit"):  # Python 3.11+
             conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _MAX_VALUE_BYTES)
+            conn.setlimit(sqlite3.SQLITE_LIMIT_EXPR_DEPTH, _MAX_EXPR_DEPTH)
         reader = Reader(conn)
         conn.create_function(HIT_FUNCTION, 1, reader.hit, deterministic=True)
         conn.set_authorizer(_authorizer)
+        conn.set_progress_handler(reader.progress, _PROGRESS_STEPS)
         return reader
 
     @contextlib.contextmanager
-    def reader(self) -> Iterator[Reader]:
-        """Borrow a read connection; its filter geometry is cleared on return."""
+    def reader(self, deadline: float | None = None) -> Iterator[Reader]:
+        """Borrow a read connection whose statements stop at ``deadline`` (``time.monotonic()``
+        seconds; None: no limit). Filter geometry and deadline are cleared on return."""
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"layer store {self.name!r} is closed")
             reader = self._pool.pop() if self._pool else None
         if reader is None:
             reader = self._open_reader()
+        reader.deadline = deadline
+        reader.timed_out = False
         try:
             yield reader
         finally:
             reader.filter_geometry = None
+            reader.deadline = None
+            reader.timed_out = False
             with self._lock:
                 if self._closed:
                     reader.conn.close()
