@@ -6,7 +6,8 @@ Order of work in :meth:`Pipeline.run`:
    overwrite without leave) — everything else was validated when the parts were built;
 2. layer metadata is read; each transformer is bound in order, giving the output
    schema; when the loader needs a CRS (GeoJSON/KMZ: EPSG:4326) and the stream is
-   elsewhere, a reprojection is appended; the loader's capabilities are checked
+   elsewhere, a reprojection is appended — unless the user asked for another CRS with
+   a Reproject, which raises CapabilityError (before the first page); the loader's capabilities are checked
    against the final schema — all before the first page;
 3. a clip's bbox is pushed to the server as an envelope filter;
 4. pages stream through the transformers into the loader's temp output, which is
@@ -26,6 +27,13 @@ from ags_etl.schema import LayerSchema
 from ags_etl.transformers.base import Transformer
 
 log = logging.getLogger(__name__)
+
+#: Formats whose loaders take one CRS only, as named when another --t-srs is refused.
+_FIXED_CRS_FORMATS = {
+    "geojson": "GeoJSON (RFC 7946)",
+    "geojsonl": "newline-delimited GeoJSON (RFC 7946 features)",
+    "kmz": "KML/KMZ",
+}
 
 
 @dataclass
@@ -72,6 +80,20 @@ class Pipeline:
         ):
             if schema.crs is None:
                 return schema  # loader.check explains that the CRS is unknown
+            asked = [t for t in self.transformers if isinstance(t, Reproject)]
+            if asked:
+                # The user asked for a CRS this format cannot hold: say so instead of
+                # silently reprojecting on to the required CRS.
+                from ags_etl.crs import describe_crs
+                from ags_etl.errors import CapabilityError
+
+                fmt = _FIXED_CRS_FORMATS.get(self.loader.name, self.loader.name)
+                raise CapabilityError(
+                    f"{fmt} holds {required.to_string()} coordinates only; --t-srs "
+                    f"{describe_crs(asked[-1].target_crs)} cannot be honoured: drop --t-srs (features are "
+                    f"reprojected to {required.to_string()} automatically), or write GeoParquet (.parquet) "
+                    f"or a shapefile (.shp), which keep any CRS"
+                )
             log.info("%s needs %s: reprojecting from %s", self.loader.name, required.to_string(), schema.crs.name)
             auto = Reproject(required)
             schema = auto.bind(schema)

@@ -113,18 +113,16 @@ def test_pull_clip_file_in_another_crs_to_geojson(server: str, tmp_path: Path) -
     assert_geoms_match(dict(zip(df["OBJECTID"].astype(int), df.geometry.values, strict=True)), expected_clipped(BOX, None), 1e-4)
 
 
-def test_geojson_loader_gets_4326_automatically(server: str, tmp_path: Path) -> None:
-    src = tmp_path / "m.parquet"
-    Pipeline(FeatureLayerExtractor(url(server)), [Reproject("EPSG:3857")], GeoParquetLoader(src)).run()
+def test_geojson_refuses_another_target_crs_before_the_first_page(server: str, tmp_path: Path) -> None:
+    # A Reproject to EPSG:3857 used to be followed silently by one back to EPSG:4326.
+    from ags_etl.errors import CapabilityError
+
     out = tmp_path / "back.geojson"
     ext = FeatureLayerExtractor(url(server))
-    result = Pipeline(ext, [Reproject("EPSG:3857")], GeoJSONLoader(out)).run()
-    assert result.schema.crs.equals(CRS.from_epsg(4326))
-    df = pyogrio.read_dataframe(out)
-    exp = expected_rows("polygons", N)
-    for oid, g in zip(df["OBJECTID"].astype(int), df.geometry.values, strict=True):
-        if exp[oid]["geometry"] is not None:
-            assert shapely.normalize(g).equals_exact(shapely.normalize(exp[oid]["geometry"]), 1e-6)
+    with pytest.raises(CapabilityError, match=r"GeoJSON \(RFC 7946\) holds EPSG:4326 coordinates only; --t-srs EPSG:3857"):
+        Pipeline(ext, [Reproject("EPSG:3857")], GeoJSONLoader(out)).run()
+    assert ext.stats.pages == 0
+    assert not out.exists()
 
 
 def test_pull_field_options_and_server_side_reprojection(server: str, tmp_path: Path) -> None:

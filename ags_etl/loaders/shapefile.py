@@ -427,6 +427,7 @@ class _ShapefileWriter:
         self._plan = plan
         self._crs = schema.crs
         self._layer = schema.name
+        self._oid_field = schema.oid_field
         self._folder = folder
         self._stem = stem
         self._limit = max_part_bytes
@@ -488,7 +489,7 @@ class _ShapefileWriter:
         if not needs:  # no attribute fields: GDAL's "FID" placeholder field never widens
             needs = [np.empty(0, dtype=np.int64)]
         type_ids = shapely.get_type_id(geoms)
-        self._check_types(type_ids)
+        self._check_types(type_ids, batch)
         null = (type_ids < 0) | shapely.is_empty(geoms)
         shapes = self._shapes(geoms, null)
         shp_sizes = _shp_record_sizes(geoms, null, self._family, self._plan.has_z)
@@ -634,14 +635,21 @@ class _ShapefileWriter:
 
     # ---------------------------------------------------------------- conversion
 
-    def _check_types(self, type_ids: np.ndarray) -> None:
+    def _check_types(self, type_ids: np.ndarray, batch: FeatureBatch) -> None:
+        """Refuse a geometry outside the file's family (e.g. a polygon in a point layer's
+        answer), naming the feature by its OID (else its position in the output)."""
         allowed = np.isin(type_ids, list(self._plan.allowed_type_ids)) | (type_ids < 0)
         if not allowed.all():
             row = int(np.argmin(allowed))
+            who = f"feature {self.stats.features + row + 1} of the output"
+            if self._oid_field is not None and self._oid_field in batch.column_names:
+                oid = batch.column(self._oid_field)[row].as_py()
+                if oid is not None:
+                    who = f"feature {self._oid_field}={oid}"
             raise LoadError(
-                f"shapefile: feature {self.stats.features + row} has a {_TYPE_NAMES.get(int(type_ids[row]), '?')} "
-                f"geometry, but this shapefile holds {self._family} features only; filter the features by "
-                "geometry type, or write GeoJSON or GeoParquet, which take mixed types"
+                f"shapefile: {who} has a {_TYPE_NAMES.get(int(type_ids[row]), '?')} geometry, but this "
+                f"shapefile holds {self._family} features only (the layer's geometry type); exclude the "
+                "feature with --where, or write GeoJSON or GeoParquet, which take mixed types"
             )
 
     def _shapes(self, geoms: np.ndarray, null: np.ndarray) -> list[Geometry | None]:
