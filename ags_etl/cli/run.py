@@ -1,0 +1,58 @@
+"""``ags-etl run FILE``: run the jobs of a pipeline file, show progress, print a summary.
+
+Exit codes: 0 every job succeeded; 1 a job failed (the others still ran unless
+``--fail-fast``); 2 usage error (unknown ``--job``, report folder missing); 78 the file is
+invalid or missing; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ags_etl.cli._common import EXIT_CONFIG, fail, handle_errors
+from ags_etl.config import load_pipeline
+from ags_etl.errors import ConfigError, PipelineFileError
+from ags_etl.progress import make_progress
+from ags_etl.report import summary_table
+from ags_etl.runner import run_pipeline, select_jobs
+
+
+@click.command("run")
+@click.argument("file", type=click.Path(path_type=Path))  # a missing file is a PipelineFileError (78)
+@click.option("--job", "job_name", metavar="NAME", help="Run only this job (its name as written in the file).")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed job; the rest are reported as skipped.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (no progress, no summary).")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the summary as JSON to this file (written even when jobs fail).",
+)
+@handle_errors
+def run_cmd(file: Path, job_name: str | None, fail_fast: bool, quiet: bool, report_path: Path | None) -> None:
+    """Run the jobs of the pipeline file FILE (all of them, or only --job NAME).
+
+    Each output appears only when its job completed. A progress bar per job is shown when
+    stderr is a terminal, a line every 5 s or 10 % otherwise; a summary table ends the run.
+    """
+    if report_path is not None and not (report_path.parent if str(report_path.parent) else Path(".")).is_dir():
+        raise ConfigError(f"--report folder {str(report_path.parent)!r} does not exist; create it first")
+    try:
+        spec = load_pipeline(file)
+    except PipelineFileError as exc:
+        fail(str(exc), EXIT_CONFIG)
+        return
+    select_jobs(spec, job_name)  # an unknown --job is a usage error before anything is shown
+    with make_progress(quiet) as progress:
+        report = run_pipeline(spec, job=job_name, fail_fast=fail_fast, progress=progress)
+    if report_path is not None:
+        report.write_json(report_path)
+    if not quiet:
+        click.echo(summary_table(report, errors=False))  # errors go to stderr below
+    for j in report.jobs:
+        if j.status == "failed":
+            click.echo(f"ags-etl: error: job {j.name}: {j.error}", err=True)
+    sys.exit(report.exit_code)

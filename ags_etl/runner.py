@@ -1,0 +1,172 @@
+"""Run the jobs of a pipeline file, one after another, and report what each did.
+
+:func:`run_pipeline` is what ``ags-etl run`` and the Python API call::
+
+    spec = load_pipeline("pipelines/demo.yaml")
+    report = run_pipeline(spec, job=None, fail_fast=False, progress=make_progress(quiet=False))
+    report.exit_code, report.jobs[0].written, report.to_json()
+
+Contract:
+
+* ``job`` selects the job of that name (as written in the file) and nothing else is
+  touched: no other job is expanded, built or sent a request. An unknown name raises
+  :class:`~ags_etl.errors.ConfigError` listing the jobs, before any network call.
+* Each job is expanded into one job per layer (a service, folder or portal item with
+  ``layers:`` selectors), then each layer job is built and run through
+  :class:`~ags_etl.pipeline.Pipeline`, whose loader writes the output only when complete.
+* A job that fails is reported as ``failed`` with its error message and the counts it
+  reached; the others still run. With ``fail_fast`` every job after the first failure is
+  reported as ``skipped`` and not started.
+* Only ``KeyboardInterrupt`` (and other non-``Exception`` exits) stop the run; any error
+  of a job, ours or a library's, becomes that job's ``failed`` entry.
+* Error messages are redacted (``token=…``, ``password=…``) before they reach the report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ags_etl.arcgis.catalog import expand_job
+from ags_etl.arcgis.client import ArcGISClient, redact
+from ags_etl.build import build_auth, build_pipeline
+from ags_etl.errors import AgsEtlError, ConfigError
+from ags_etl.extractors.feature_layer import ExtractStats
+from ags_etl.pipeline import Pipeline
+from ags_etl.progress import NullProgress, ProgressFactory
+from ags_etl.report import JobReport, RunReport
+from ags_etl.spec import JobSpec, PipelineSpec
+
+log = logging.getLogger(__name__)
+
+
+def select_jobs(spec: PipelineSpec, job: str | None) -> list[JobSpec]:
+    """The jobs to run: all of them, or the one named ``job`` (ConfigError listing the names if none is)."""
+    if job is None:
+        return list(spec.jobs)
+    chosen = [j for j in spec.jobs if j.name == job]
+    if not chosen:
+        where = f" in {spec.path}" if spec.path is not None else ""
+        raise ConfigError(
+            f"no job named {job!r}{where}; give one of: {', '.join(j.name for j in spec.jobs)}"
+        )
+    return chosen
+
+
+def _message(exc: BaseException) -> str:
+    """One line for the report: our errors as they are (they name the fix), others with their type."""
+    text = str(exc) if isinstance(exc, AgsEtlError) else f"{type(exc).__name__}: {exc}"
+    return redact(" ".join(text.split()))
+
+
+@dataclass
+class _Run:
+    """State of one run: the reports so far and whether a job has failed."""
+
+    fail_fast: bool
+    progress: ProgressFactory
+    failed: bool = False
+
+    def skip(self, name: str, job: str) -> JobReport:
+        return JobReport(name=name, job=job, status="skipped")
+
+    def expand(self, job: JobSpec) -> list[JobSpec]:
+        """One job per layer. Needs the network only for service/folder/item sources."""
+        source = job.source
+        if source.type != "arcgis":
+            return [job]  # another extractor's source names what it reads itself
+        client_options = {k: getattr(source, k) for k in ("timeout", "retries") if getattr(source, k, None) is not None}
+        with ArcGISClient(auth=build_auth(source.auth), **client_options) as client:
+            return expand_job(job, client)
+
+    def run_layer(self, layer_job: JobSpec, job_name: str) -> JobReport:
+        """Build and run one layer job; never raises an ``Exception``."""
+        start = time.monotonic()
+        bar = self.progress.job(layer_job.name)
+        pipeline: Pipeline | None = None
+        try:
+            pipeline = build_pipeline(layer_job, progress=bar)
+            result = pipeline.run()
+        except Exception as exc:  # one job's failure, whatever its kind, must not stop the others
+            bar.finish(ok=False)
+            log.debug("job %s failed", layer_job.name, exc_info=True)
+            report = JobReport(
+                name=layer_job.name, job=job_name, status="failed",
+                seconds=time.monotonic() - start, error=_message(exc),
+            )
+            stats = getattr(pipeline.extractor, "stats", None) if pipeline is not None else None
+            if isinstance(stats, ExtractStats):
+                report.features_read, report.pages = stats.features, stats.pages
+                report.requests, report.retries = stats.requests, stats.retries
+                report.strategy, report.expected = stats.strategy or None, stats.expected
+            return report
+        bar.finish(ok=True)
+        ex = result.extract
+        return JobReport(
+            name=layer_job.name,
+            job=job_name,
+            status="ok",
+            features_read=ex.features,
+            dropped_by_clip=result.transform_counters.get("clip_dropped", 0),
+            written=result.load.features,
+            pages=ex.pages,
+            requests=ex.requests,
+            retries=ex.retries,
+            seconds=time.monotonic() - start,
+            strategy=ex.strategy or None,
+            expected=ex.expected,
+            output=None if getattr(pipeline.loader, "path", None) is None else str(pipeline.loader.path),
+            warnings=[redact(w) for w in result.load.warnings],
+        )
+
+    def run_job(self, job: JobSpec) -> Iterator[JobReport]:
+        """Reports of one job as written in the file: one per layer, or one failed/skipped entry."""
+        if self.failed and self.fail_fast:
+            yield self.skip(job.name, job.name)
+            return
+        try:
+            layer_jobs = self.expand(job)
+        except Exception as exc:  # a listing that fails is this job's failure only
+            log.debug("job %s: expansion failed", job.name, exc_info=True)
+            self.failed = True
+            yield JobReport(name=job.name, job=job.name, status="failed", error=_message(exc))
+            return
+        for layer_job in layer_jobs:
+            if self.failed and self.fail_fast:
+                yield self.skip(layer_job.name, job.name)
+                continue
+            report = self.run_layer(layer_job, job.name)
+            if report.status == "failed":
+                self.failed = True
+            yield report
+
+
+def run_pipeline(
+    spec: PipelineSpec,
+    *,
+    job: str | None = None,
+    fail_fast: bool = False,
+    progress: ProgressFactory | None = None,
+) -> RunReport:
+    """Run the jobs of ``spec`` (or only ``job``) in file order; return the :class:`RunReport`.
+
+    ``progress`` shows per-job progress (see :func:`ags_etl.progress.make_progress`); the
+    default shows nothing. Raises ConfigError only for an unknown ``job`` name; every failure
+    of a job is recorded in the report instead (``report.exit_code`` is then 1).
+    """
+    selected = select_jobs(spec, job)
+    started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    start = time.monotonic()
+    state = _Run(fail_fast=fail_fast, progress=progress if progress is not None else NullProgress())
+    reports: list[JobReport] = []
+    for j in selected:
+        reports.extend(state.run_job(j))
+    return RunReport(
+        jobs=reports,
+        pipeline=None if spec.path is None else str(spec.path),
+        started_at=started_at,
+        seconds=time.monotonic() - start,
+    )
