@@ -12,7 +12,7 @@ import click
 
 from ags_etl.arcgis.auth import ApiKeyAuth, Auth, NoAuth, TokenAuth, UserPasswordAuth
 from ags_etl.arcgis.client import redact
-from ags_etl.errors import AgsEtlError, ConfigError, OutputExistsError
+from ags_etl.errors import AgsEtlError, ConfigError, OutputExistsError, PipelineFileError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,6 +36,8 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except PipelineFileError as exc:
+            fail(str(exc), EXIT_CONFIG)
         except (ConfigError, OutputExistsError) as exc:
             fail(str(exc), EXIT_USAGE)
         except AgsEtlError as exc:
