@@ -16,8 +16,10 @@ from ags_etl import __version__
 #: subcommand name → "module:attribute"; imported lazily so `ags-etl --help` stays fast.
 SUBCOMMANDS: dict[str, str] = {
     "inspect": "ags_etl.cli.inspect:inspect_cmd",
+    "plugins": "ags_etl.cli.plugins:plugins_cmd",
     "pull": "ags_etl.cli.pull:pull_cmd",
     "serve": "ags_etl.cli.serve:serve_cmd",
+    "validate": "ags_etl.cli.validate:validate_cmd",
 }
 
 
