@@ -1,0 +1,86 @@
+"""Turn one single-layer :class:`~ags_etl.spec.JobSpec` into a runnable :class:`~ags_etl.pipeline.Pipeline`.
+
+:func:`build_pipeline` is what ``ags-etl run`` (and ``pull``) call once a job names one layer
+(``ags_etl.arcgis.catalog.expand_job`` splits multi-layer jobs first). Every part comes from
+the registry and every option is validated — by each plugin's ``Options`` model, then by its
+constructor — before anything talks to the network; the first request is made by
+:meth:`Pipeline.run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ags_etl.arcgis.auth import ApiKeyAuth, Auth, NoAuth, TokenAuth, UserPasswordAuth
+from ags_etl.errors import ConfigError
+from ags_etl.pipeline import Pipeline
+from ags_etl.spec import LAYER_PLACEHOLDER, AuthSpec, JobSpec, SourceSpec, check_job, make_plugin
+
+__all__ = ["build_auth", "build_extractor", "build_pipeline"]
+
+#: Placeholders that only ``expand_job`` can fill (it knows the layer and service names).
+_PLACEHOLDERS = (LAYER_PLACEHOLDER, "{service}")
+
+
+def build_auth(auth: AuthSpec | None) -> Auth:
+    """The client-side auth object for ``auth`` (NoAuth when None)."""
+    if auth is None:
+        return NoAuth()
+    if auth.token is not None:
+        return TokenAuth(auth.token.get_secret_value())
+    if auth.api_key is not None:
+        return ApiKeyAuth(auth.api_key.get_secret_value())
+    if auth.username is not None and auth.password is not None:
+        return UserPasswordAuth(auth.username, auth.password.get_secret_value(), token_url=auth.token_url)
+    raise ConfigError("auth needs one of {username, password}, {token} or {api_key}")
+
+
+def build_extractor(source: SourceSpec) -> Any:
+    """The extractor for ``source``: the built-in ArcGIS one from the spec's keys, or a third
+    party's from its options (see :func:`ags_etl.spec.make_plugin`). No request is made."""
+    if source.type != "arcgis":
+        return make_plugin("extractors", source.type, source.options)
+    from ags_etl.registry import load
+
+    cls = load("extractors", "arcgis")
+    if source.url is None or source.item is not None or source.layers is not None:
+        raise ConfigError(
+            "build_pipeline takes a job whose source is one layer URL; expand a service, "
+            "layers: selection or portal item first with ags_etl.arcgis.catalog.expand_job"
+        )
+    return cls(
+        source.url,
+        where=source.where,
+        fields=source.fields,
+        auth=build_auth(source.auth),
+        page_size=source.page_size,
+        concurrency=source.concurrency,
+        strategy=source.strategy,
+        response_format=source.response_format,
+        timeout=source.timeout,
+        retries=source.retries,
+    )
+
+
+def build_pipeline(job: JobSpec, *, progress: Callable[[int, int | None], None] | None = None) -> Pipeline:
+    """Extractor, transformers and loader of ``job``, wired; nothing is requested yet.
+
+    Raises ConfigError listing every problem :func:`ags_etl.spec.check_job` finds, or when the
+    source is not one layer or the sink path still holds a ``{layer}``/``{service}`` placeholder.
+    """
+    issues = check_job(job)
+    if issues:
+        raise ConfigError(f"job {job.name!r}: " + "; ".join(str(i) for i in issues))
+    sink = job.sink
+    left = [p for p in _PLACEHOLDERS if sink.path is not None and p in sink.path]
+    if left:
+        raise ConfigError(
+            f"job {job.name!r}: sink path {sink.path!r} still holds {', '.join(left)}; "
+            "expand the job with ags_etl.arcgis.catalog.expand_job first, which fills them per layer"
+        )
+    transformers = [make_plugin("transformers", t.type, t.options) for t in job.transforms]
+    loader_args: tuple[Any, ...] = () if sink.path is None else (sink.path,)
+    loader = make_plugin("loaders", sink.type, sink.options, *loader_args, overwrite=sink.overwrite)
+    extractor = build_extractor(job.source)
+    return Pipeline(extractor, transformers, loader, progress=progress)
