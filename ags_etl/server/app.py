@@ -9,6 +9,9 @@ URLs (GET or POST form-encoded, parameters case-insensitive, ``f=json|pjson``)::
     /arcgis/rest/services/NAME/FeatureServer/layers
     /arcgis/rest/services/NAME/FeatureServer/0
     /arcgis/rest/services/NAME/FeatureServer/0/query  (also f=geojson)
+    /arcgis/rest/services/FOLDER                      (folders and services with several
+    /arcgis/rest/services/[FOLDER/]NAME/FeatureServer/ID[/query]   layers: see catalog.py)
+    /sharing/rest/content/items/ID, /sharing/rest/search   (portal items: see portal.py)
 
 Any other path answers HTTP 200 ``{"error": {"code": 400, "message": "Invalid URL"}}``
 as ArcGIS does. Service names and the ``FeatureServer`` segment match
@@ -39,8 +42,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ags_etl.errors import ConfigError
-from ags_etl.server import metadata, query
+from ags_etl.server import catalog as catalog_routes
+from ags_etl.server import metadata, portal, query
 from ags_etl.server.auth import TokenStore, request_token
+from ags_etl.server.catalog import Catalog, load_catalog
 from ags_etl.server.faults import FaultInjector
 from ags_etl.server.options import ServerOptions
 from ags_etl.server.protocol import Params, RestError, invalid_url, json_bytes
@@ -64,10 +69,12 @@ class Response:
 class FeatureServerApp:
     """Routes requests to the layers; independent of the HTTP server, thread-safe."""
 
-    def __init__(self, stores: list[LayerStore], options: ServerOptions) -> None:
+    def __init__(self, stores: list[LayerStore], options: ServerOptions, catalog: Catalog | None = None) -> None:
         self.stores = stores
         self.options = options
-        self._by_name = {s.name.lower(): s for s in stores}
+        #: Folders and services with several layers; without one, every store is a top-level service.
+        self.catalog = catalog if catalog is not None else Catalog.of_plain(stores)
+        self._by_name = {s.name.lower(): s for s in self.catalog.plain_stores}
         self.tokens = (
             TokenStore(options.token_user, options.token_password, options.token_ttl)
             if options.token_user is not None and options.token_password is not None
@@ -92,6 +99,8 @@ class FeatureServerApp:
     ) -> tuple[Any, str]:
         parts = [unquote(p) for p in path.split("/") if p]
         low = [p.lower() for p in parts]
+        if low[:1] == ["sharing"]:
+            return self._portal(low, parts, params, auth_header, base_url), query.JSON_TYPE
         if low[:1] != ["arcgis"]:
             raise invalid_url()
         if low[1:] == ["rest", "info"]:
@@ -101,6 +110,9 @@ class FeatureServerApp:
         if low[1:3] != ["rest", "services"]:
             raise invalid_url()
         rest = low[3:]
+        resource = catalog_routes.resolve(self.catalog, rest)
+        if resource is not None:
+            return self._nested(resource, params, auth_header)
         if len(rest) not in (0, 2, 3, 4) or (rest and rest[1] != "featureserver"):
             raise invalid_url()
         store = None
@@ -116,7 +128,7 @@ class FeatureServerApp:
             self.tokens.check(request_token(params, auth_header))
         query.output_format(params)  # an unknown f= is refused on every resource
         if store is None:
-            return metadata.catalog(self.options, self.stores), query.JSON_TYPE
+            return catalog_routes.root(self.options, self.catalog), query.JSON_TYPE
         if len(rest) == 2:
             return metadata.service(self.options, store), query.JSON_TYPE
         if rest[2] == "layers":
@@ -125,6 +137,24 @@ class FeatureServerApp:
             return metadata.layer(self.options, store), query.JSON_TYPE
         self.faults.check_query()
         return query.run_query(store, params, self.options)
+
+    def _nested(self, resource: catalog_routes.Resource, params: Params, auth_header: str | None) -> tuple[Any, str]:
+        """Folders, and services in a folder or with several layers (see catalog.py)."""
+        if self.tokens is not None:
+            self.tokens.check(request_token(params, auth_header))
+        query.output_format(params)
+        if resource.kind == "query":
+            self.faults.check_query()
+        return catalog_routes.answer(self.catalog, resource, self.options, params)
+
+    def _portal(
+        self, low: list[str], parts: list[str], params: Params, auth_header: str | None, base_url: str
+    ) -> dict[str, Any]:
+        """``/sharing/rest/…``: portal items pointing at the served services (see portal.py)."""
+        if self.tokens is not None:
+            self.tokens.check(request_token(params, auth_header))
+        query.output_format(params)
+        return portal.route(self.catalog, low, parts, params, base_url)
 
     def _generate_token(self, method: str, params: Params) -> dict[str, Any]:
         if self.tokens is None:
@@ -287,9 +317,10 @@ def running_server(directory: Path, options: ServerOptions) -> Iterator[tuple[_H
     """Load the data and bind the socket; yields (server, base URL). Nothing is served until
     the caller runs ``serve_forever``; on exit the socket, connections and temp files go."""
     with tempfile.TemporaryDirectory(prefix="ags-etl-serve-") as workdir:
-        stores = load_stores(directory, Path(workdir))
+        catalog = load_catalog(directory, Path(workdir))
+        stores = catalog.stores
         try:
-            app = FeatureServerApp(stores, options)
+            app = FeatureServerApp(stores, options, catalog)
             try:
                 server = _HTTPServer((options.host, options.port), app)
             except OSError as exc:

@@ -30,7 +30,7 @@ ITEM_NOT_FOUND = {
         "details": [],
     }
 }
-_TYPE_KEYWORDS = ["ArcGIS Server", "Data", "Feature Access", "Service", "Singlelayer"]
+_TYPE_KEYWORDS = ["ArcGIS Server", "Data", "Feature Access", "Service"]
 
 
 def item_id(key: str) -> str:
