@@ -12,20 +12,32 @@ Quirks handled (../shared/notes/arcgis-rest.md §1, §12):
 * ``capabilities`` absent on 10.0 MapServer layers: assumed to allow Query.
 * Pagination and ORDER BY flags read from both ``advancedQueryCapabilities`` (10.3+)
   and the top level (10.1–10.2).
+* An extent that is not four finite numbers with min ≤ max (empty layers send
+  ``"NaN"``) is taken as no extent.
+
+Metadata that cannot be a layer's — a field list that is not a list, a field without
+a name, duplicate field names, a ``maxRecordCount`` that is not a number — raises
+:class:`~ags_etl.errors.ArcGISError` naming the key, the value and the server; nothing
+here raises anything but :class:`~ags_etl.errors.AgsEtlError` subclasses.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pyproj import CRS
+from pyproj.exceptions import CRSError
 
 from ags_etl.crs import crs_from_spatial_reference
-from ags_etl.errors import NotALayerError
+from ags_etl.errors import ArcGISError, NotALayerError
 from ags_etl.schema import Field, LayerSchema
 
 LAYER_TYPES = frozenset({"feature layer", "table", "layer", "annotation layer", "dimension layer"})
+#: Largest maxRecordCount taken as plausible.
+MAX_RECORD_COUNT_LIMIT = 2**53
+_FIX = "the server's layer JSON is broken; report it to the server's administrator"
 
 
 @dataclass(frozen=True)
@@ -63,19 +75,101 @@ class LayerInfo:
         return not self.capabilities or "query" in self.capabilities
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _version(value: Any) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
+    if isinstance(value, bool):
         return None
+    try:
+        number = float(value) if value is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _flag(data: dict[str, Any], name: str) -> bool:
-    adv = data.get("advancedQueryCapabilities") or {}
-    value = adv.get(name)
+    adv = data.get("advancedQueryCapabilities")
+    value = adv.get(name) if isinstance(adv, dict) else None
     if value is None:
         value = data.get(name)
-    return bool(value)
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def _max_record_count(url: str, value: Any) -> int | None:
+    """``maxRecordCount``: None when absent or not positive (the planner measures); else a whole number."""
+    if value is None:
+        return None
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value.strip())
+    if number is None or number > MAX_RECORD_COUNT_LIMIT:
+        raise ArcGISError(
+            f"layer {url} has maxRecordCount {_short(value)}, which is not a whole number of records; {_FIX} "
+            f"(ags-etl measures the page cap when maxRecordCount is left out)"
+        )
+    return number if number > 0 else None
+
+
+def _extent(value: Any) -> dict[str, Any] | None:
+    """The extent when it is four finite numbers with min ≤ max, else None (empty layers send NaN)."""
+    if not isinstance(value, dict):
+        return None
+    raw = [value.get(k) for k in ("xmin", "ymin", "xmax", "ymax")]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in raw):
+        return None
+    box = [float(v) for v in raw if isinstance(v, (int, float))]
+    if box[0] > box[2] or box[1] > box[3]:
+        return None
+    return value
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _fields(url: str, raw: Any) -> list[dict[str, Any]]:
+    """The ``fields`` list, checked: a list of objects with unique, non-empty string names."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ArcGISError(f"layer {url} has fields {_short(raw)}, which is not a list; {_FIX}")
+    seen: set[str] = set()
+    for i, f in enumerate(raw):
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not f["name"]:
+            raise ArcGISError(f"layer {url} has field #{i} {_short(f)}, which has no name; {_FIX}")
+        if f["name"] in seen:
+            raise ArcGISError(f"layer {url} lists the field {f['name']!r} twice; {_FIX}")
+        seen.add(f["name"])
+        kind = f.get("type")
+        if kind is not None and not isinstance(kind, str):
+            raise ArcGISError(f"layer {url} gives field {f['name']!r} the type {_short(kind)}; {_FIX}")
+        length = f.get("length")
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int)):
+            if not (isinstance(length, float) and math.isfinite(length) and length.is_integer()):
+                raise ArcGISError(f"layer {url} gives field {f['name']!r} the length {_short(length)}; {_FIX}")
+    return raw
+
+
+def _field(data: dict[str, Any]) -> Field:
+    """A checked field object (see :func:`_fields`) → Field; an odd alias or domain is dropped."""
+    alias = data.get("alias")
+    domain = data.get("domain")
+    length = data.get("length")
+    return Field(
+        name=data["name"],
+        esri_type=data.get("type") or "esriFieldTypeString",
+        alias=alias if isinstance(alias, str) else None,
+        length=int(length) if length is not None else None,
+        nullable=data.get("nullable", True) is not False,
+        domain=domain if isinstance(domain, dict) else None,
+    )
 
 
 def find_oid_field(fields: list[dict[str, Any]], declared: str | None) -> str | None:
@@ -85,7 +179,7 @@ def find_oid_field(fields: list[dict[str, Any]], declared: str | None) -> str | 
     (``fid`` ↔ ``SHAPE.fid``) against the field list; the field list's spelling wins.
     """
     names = [str(f.get("name")) for f in fields]
-    if declared:
+    if isinstance(declared, str) and declared:
         for n in names:
             if n == declared or n.lower() == declared.lower():
                 return n
@@ -99,10 +193,24 @@ def find_oid_field(fields: list[dict[str, Any]], declared: str | None) -> str | 
     return None
 
 
-def parse_layer(url: str, data: dict[str, Any]) -> LayerInfo:
-    """Parse layer JSON. Raises NotALayerError for a service, folder or other resource."""
+def parse_layer(url: str, data: Any) -> LayerInfo:
+    """Parse layer JSON. Raises NotALayerError for a service, folder or other resource, and
+    ArcGISError (see the module docstring) for metadata that cannot be a layer's."""
+    if not isinstance(data, dict):
+        raise NotALayerError(
+            f"{url} answered {_short(data)} instead of layer JSON; give the URL of a layer, e.g. …/FeatureServer/0"
+        )
+    try:
+        return _parse_layer(url, data)
+    except (CRSError, ValueError, TypeError, OverflowError) as exc:
+        # Anything the checks missed (a CRS PROJ chokes on …): a message, never a traceback.
+        raise ArcGISError(f"layer {url} has metadata ags-etl cannot read ({exc}); {_FIX}") from exc
+
+
+def _parse_layer(url: str, data: dict[str, Any]) -> LayerInfo:
     if "fields" not in data and ("layers" in data or "tables" in data or "services" in data or "folders" in data):
-        layers = [f"{lyr.get('id')} ({lyr.get('name')})" for lyr in (data.get("layers") or []) + (data.get("tables") or [])]
+        listed = [item for key in ("layers", "tables") if isinstance(data.get(key), list) for item in data[key]]
+        layers = [f"{lyr.get('id')} ({lyr.get('name')})" for lyr in listed if isinstance(lyr, dict)]
         hint = (
             f"it is a service with layers {', '.join(layers[:8])}; add the layer id, e.g. {url.rstrip('/')}/0"
             if layers
@@ -114,19 +222,24 @@ def parse_layer(url: str, data: dict[str, Any]) -> LayerInfo:
         raise NotALayerError(
             f"{url} is a {layer_type!r}, not a feature layer or table; give the URL of a layer, e.g. …/FeatureServer/0"
         )
-    raw_fields = [f for f in (data.get("fields") or []) if isinstance(f, dict) and f.get("name")]
+    raw_fields = _fields(url, data.get("fields"))
     oid = find_oid_field(raw_fields, data.get("objectIdField"))
     fields = []
     for f in raw_fields:
-        fld = Field.from_esri(f)
+        fld = _field(f)
         if fld.name == oid and fld.esri_type != "esriFieldTypeOID":
             fld = replace(fld, esri_type="esriFieldTypeOID", nullable=False)
         fields.append(fld)
-    sr = data.get("sourceSpatialReference") or (data.get("extent") or {}).get("spatialReference") or data.get(
-        "spatialReference"
+    raw_extent = data.get("extent")
+    extent_sr = raw_extent.get("spatialReference") if isinstance(raw_extent, dict) else None
+    sr = next(
+        (v for v in (data.get("sourceSpatialReference"), extent_sr, data.get("spatialReference")) if isinstance(v, dict) and v),
+        None,
     )
-    crs: CRS | None = crs_from_spatial_reference(sr) if isinstance(sr, dict) else None
+    crs: CRS | None = crs_from_spatial_reference(sr) if sr is not None else None
     geometry_type = data.get("geometryType") or None
+    if geometry_type is not None and not isinstance(geometry_type, str):
+        raise ArcGISError(f"layer {url} has geometryType {_short(geometry_type)}, which is not a type name; {_FIX}")
     name = str(data.get("name") or url.rstrip("/").rsplit("/", 1)[-1])
     schema = LayerSchema(
         fields=tuple(fields),
@@ -137,26 +250,26 @@ def parse_layer(url: str, data: dict[str, Any]) -> LayerInfo:
         has_m=bool(data.get("hasM")),
         name=name,
     )
-    mrc = data.get("maxRecordCount")
     caps = {c.strip().lower() for c in str(data.get("capabilities") or "").split(",") if c.strip()}
     formats = {c.strip().lower() for c in str(data.get("supportedQueryFormats") or "").split(",") if c.strip()}
-    edit_info = data.get("editFieldsInfo") or {}
+    edit_info = data.get("editFieldsInfo")
+    edit_info = edit_info if isinstance(edit_info, dict) else {}
     return LayerInfo(
         url=url.rstrip("/"),
         name=name,
         layer_type=layer_type,
         schema=schema,
         current_version=_version(data.get("currentVersion")),
-        max_record_count=int(mrc) if mrc is not None and int(mrc) > 0 else None,
+        max_record_count=_max_record_count(url, data.get("maxRecordCount")),
         supports_pagination=_flag(data, "supportsPagination"),
         supports_order_by=_flag(data, "supportsOrderBy") or bool(data.get("supportsAdvancedQueries")),
         supports_statistics=_flag(data, "supportsStatistics"),
-        oid_is_hash=bool(data.get("OIDFieldContainsHashValue")),
+        oid_is_hash=data.get("OIDFieldContainsHashValue") is True,
         capabilities=frozenset(caps),
         query_formats=frozenset(formats),
-        extent=data.get("extent"),
-        spatial_reference=sr if isinstance(sr, dict) else None,
-        edit_date_field=edit_info.get("editDateField"),
-        global_id_field=data.get("globalIdField") or None,
+        extent=_extent(raw_extent),
+        spatial_reference=sr,
+        edit_date_field=_text_or_none(edit_info.get("editDateField")),
+        global_id_field=_text_or_none(data.get("globalIdField")),
         raw=data,
     )

@@ -12,6 +12,15 @@ A failure is one of, chosen by the same generator:
   ArcGIS's own answer when a query runs out of time or memory.
 
 Metadata, ``/rest/info`` and token requests never fail.
+
+Box-only layers (``--box-only``): :func:`box_only_check` refuses every query
+parameter but the where clause, the field list and the spatial filter, the way
+some county servers (Cook County IL) behave: ``returnCountOnly``,
+``returnIdsOnly``, ``outStatistics``, ``objectIds``, ``returnExtentOnly`` and the
+pagination parameters get ArcGIS's 400 "Unable to complete operation." With
+``--count-answers-features`` a count request is answered with a page of features
+instead, as Cook County does. What is left are plain and envelope queries, cut
+at maxRecordCount with ``exceededTransferLimit``.
 """
 
 from __future__ import annotations
@@ -20,9 +29,43 @@ import random
 import threading
 import time
 
-from ags_etl.server.protocol import RestError
+from ags_etl.server.options import ServerOptions
+from ags_etl.server.protocol import Params, RestError
 
 FAILURE_KINDS = ("http500", "http502", "error500")
+#: Query parameters a box-only layer refuses (returnCountOnly is handled on its own).
+BOX_ONLY_REFUSED = (
+    "returnIdsOnly",
+    "outStatistics",
+    "objectIds",
+    "returnExtentOnly",
+    "resultOffset",
+    "resultRecordCount",
+    "orderByFields",
+)
+
+
+def _asks_for(params: Params, name: str) -> bool:
+    value = params.get(name)
+    return value is not None and value.strip().lower() not in ("false", "0", "no")
+
+
+def box_only_check(params: Params, options: ServerOptions) -> bool:
+    """For a box-only layer: raise the refusal of a query it does not answer.
+
+    Returns True when a ``returnCountOnly`` request is to be answered with features
+    (``count_answers_features``), False otherwise (and always for other layers).
+    """
+    if not options.box_only:
+        return False
+    for name in BOX_ONLY_REFUSED:
+        if _asks_for(params, name):
+            raise RestError(400, "Unable to complete operation.", [f"'{name}' is not supported by this layer"])
+    if _asks_for(params, "returnCountOnly"):
+        if options.count_answers_features:
+            return True
+        raise RestError(400, "Unable to complete operation.", ["'returnCountOnly' is not supported by this layer"])
+    return False
 
 
 class FaultInjector:

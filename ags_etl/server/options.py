@@ -13,6 +13,9 @@ class ServerOptions:
     orderByFields; see query.py). ``fail_rate`` is the probability that a query
     request fails, drawn from ``random.Random(seed)``. ``token_user``/``token_password``
     turn token security on; ``token_ttl`` (seconds) caps every token's life.
+    ``box_only`` imitates a layer that answers nothing but plain and envelope queries
+    (see faults.py; it needs ``pagination=False``); ``count_answers_features`` makes such a
+    layer answer ``returnCountOnly`` with a page of features instead of refusing it.
     """
 
     host: str = "127.0.0.1"
@@ -25,6 +28,8 @@ class ServerOptions:
     token_user: str | None = None
     token_password: str | None = None
     token_ttl: int | None = None
+    box_only: bool = False
+    count_answers_features: bool = False
 
     def __post_init__(self) -> None:
         if self.max_record_count < 1:
@@ -37,6 +42,10 @@ class ServerOptions:
             raise ValueError("token auth needs both a user and a password")
         if self.token_ttl is not None and self.token_ttl < 1:
             raise ValueError(f"token_ttl must be at least 1 second, got {self.token_ttl}")
+        if self.box_only and self.pagination:
+            raise ValueError("box_only needs pagination=False (a box-only layer refuses pagination)")
+        if self.count_answers_features and not self.box_only:
+            raise ValueError("count_answers_features needs box_only")
 
     @property
     def token_auth(self) -> bool:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from ags_etl.arcgis.esrijson import decode_geometry, encode_geometry
 from ags_etl.errors import GeometryError
 from ags_etl.schema import Field
 from ags_etl.server import spatialref, where as where_sql
+from ags_etl.server.faults import box_only_check
 from ags_etl.server.metadata import geometry_field_name
 from ags_etl.server.options import ServerOptions
 from ags_etl.server.protocol import QUERY_FAILED, Params, RestError, invalid_parameter, json_bytes
@@ -391,6 +392,8 @@ def _execute(reader: Reader, sql: str, args: list[Any], spatial: SpatialFilter |
 def run_query(store: LayerStore, params: Params, options: ServerOptions) -> tuple[bytes, str]:
     """Answer a query request: (body, content type). Raises RestError for invalid requests."""
     req = parse_query(store, params, options)
+    if box_only_check(params, options):  # --box-only --count-answers-features: a count answered with features
+        req = replace(req, count_only=False)
     where, args = _conditions(store, req)
     pretty = req.fmt == "pjson"
     with store.reader() as reader:
