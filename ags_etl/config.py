@@ -76,7 +76,12 @@ def _fill(text: str, loc: Loc, env: Mapping[str, str], found: _Interpolation) ->
     out = _VAR.sub(one, text)
     if missing:
         names = ", ".join(missing)
-        found.problems.append(Issue(loc, f"environment variable{'s' if len(missing) > 1 else ''} {names} not set; set it or write ${{{missing[0]}:-default}}"))
+        plural = len(missing) > 1
+        found.problems.append(Issue(
+            loc,
+            f"environment variable{'s' if plural else ''} {names} not set; set {'them' if plural else 'it'} "
+            f"or give a default as in ${{{missing[0]}:-default}}",
+        ))
     if in_auth:
         found.secrets.add(out)
     return out
