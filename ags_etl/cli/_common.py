@@ -1,12 +1,24 @@
-"""Shared CLI pieces: auth options, error → exit code mapping, output of one clear line."""
+"""Shared CLI pieces: auth options, option types, error → exit code mapping, one clear line.
+
+Every command is wrapped in :func:`handle_errors`: an ags_etl error becomes one line on
+stderr and its exit code, SIGTERM unwinds the run like Ctrl-C (temp outputs removed), and
+no traceback reaches the user unless ``-vv`` asks for it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any, TypeVar, overload
 
 import click
 
@@ -16,12 +28,18 @@ from ags_etl.errors import AgsEtlError, ConfigError, OutputExistsError, Pipeline
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+log = logging.getLogger(__name__)
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 75
 EXIT_CONFIG = 78
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+#: How long a stopped run waits for worker threads still in a request before leaving anyway.
+_THREAD_GRACE_S = 2.0
 
 
 def fail(message: str, code: int) -> None:
@@ -29,24 +47,170 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def handle_errors(fn: F) -> F:
-    """Map ags_etl errors to one line on stderr and an exit code (only the CLI does this)."""
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives, so every with-block unwinds as on Ctrl-C.
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    A BaseException (like KeyboardInterrupt), so no ``except Exception`` swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    # A second SIGTERM must not interrupt the cleanup the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """For the length of the block, SIGTERM raises :class:`Terminated` in the main thread.
+
+    Outside the main thread (signals cannot be handled there) the block runs unchanged.
+    The previous handler is restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _leave(code: int) -> None:
+    """Exit with ``code`` after a stop; do not let worker threads still in a request hold the
+    process open. Called only once the with-blocks unwound (temp outputs are gone)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    deadline = time.monotonic() + _THREAD_GRACE_S
+    workers = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    for t in workers:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    left = sum(t.is_alive() for t in workers)
+    if left:
+        # Python would wait for them at exit (a request may take --timeout × retries).
+        log.debug("leaving %d worker thread(s) behind that are still in a request", left)
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _stopped(what: str, writes_output: bool, code: int) -> None:
+    note = "; no output was written (an earlier output is unchanged)" if writes_output else ""
+    click.echo(f"ags-etl: {what}{note}", err=True)
+    _leave(code)
+
+
+def _unexpected(exc: Exception) -> None:
+    """One line for a bug; the (redacted) traceback goes to the debug log (``-vv``)."""
+    log.debug("traceback:\n%s", redact("".join(traceback.format_exception(exc))).rstrip())
+    # Redacted before the "; rerun" is added: a redacted value runs up to the next "&" or space.
+    click.echo(
+        f"ags-etl: error: unexpected {type(exc).__name__}: {redact(str(exc))}; "
+        "rerun with -vv to see the traceback and report it",
+        err=True,
+    )
+    sys.exit(EXIT_FAILED)
+
+
+def _os_error(exc: OSError) -> None:
+    """One line for an OSError no loader turned into a LoadError: the path, the reason, a fix."""
+    if exc.filename is None:
+        _unexpected(exc)
+        return
+    where = repr(str(exc.filename)) + (f" → {str(exc.filename2)!r}" if exc.filename2 is not None else "")
+    fail(
+        f"could not use {where}: {exc.strerror or exc}; check that path (permissions, free space) "
+        "and rerun",
+        EXIT_FAILED,
+    )
+
+
+@overload
+def handle_errors(fn: F) -> F: ...
+
+
+@overload
+def handle_errors(*, writes_output: bool = True) -> Callable[[F], F]: ...
+
+
+def handle_errors(fn: F | None = None, *, writes_output: bool = True) -> F | Callable[[F], F]:
+    """Wrap a command so that nothing but one line and an exit code reaches the user.
+
+    ConfigError/OutputExistsError → exit 2; any other AgsEtlError → 1; an OSError → 1 with
+    the path and reason; any other exception → 1, "unexpected …" (traceback with -vv);
+    Ctrl-C → 130; SIGTERM → 143 (handled like Ctrl-C: the run unwinds, temp outputs go).
+    click's own usage errors pass through (exit 2). ``writes_output=False`` (inspect, serve)
+    leaves "no output was written" out of the stop message. Use as ``@handle_errors`` or
+    ``@handle_errors(writes_output=False)``.
+    """
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                with sigterm_unwinds():
+                    return fn(*args, **kwargs)
+            except (click.ClickException, click.exceptions.Exit, click.Abort):
+                raise
+            except PipelineFileError as exc:
+                fail(str(exc), EXIT_CONFIG)
+            except (ConfigError, OutputExistsError) as exc:
+                fail(str(exc), EXIT_USAGE)
+            except AgsEtlError as exc:
+                fail(str(exc), EXIT_FAILED)
+            except KeyboardInterrupt:
+                _stopped("interrupted", writes_output, EXIT_INTERRUPTED)
+            except Terminated:
+                _stopped("stopped by SIGTERM", writes_output, EXIT_TERMINATED)
+            except OSError as exc:
+                _os_error(exc)
+            except Exception as exc:
+                _unexpected(exc)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate(fn) if fn is not None else decorate
+
+
+class _WithFix:
+    """Mixin for click range types: the range message is followed by how to fix the value."""
+
+    fix: str
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except PipelineFileError as exc:
-            fail(str(exc), EXIT_CONFIG)
-        except (ConfigError, OutputExistsError) as exc:
-            fail(str(exc), EXIT_USAGE)
-        except AgsEtlError as exc:
-            fail(str(exc), EXIT_FAILED)
-        except KeyboardInterrupt:
-            click.echo("ags-etl: interrupted; no output was written", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            return super().convert(value, param, ctx)  # type: ignore[misc]
+        except click.BadParameter as exc:
+            raise click.BadParameter(f"{exc.message.rstrip('.')}; {self.fix}", ctx=ctx, param=param) from None
 
-    return wrapper  # type: ignore[return-value]
+
+class IntAtLeast(_WithFix, click.IntRange):
+    """An int option of at least ``minimum``; a bad value is refused with ``fix`` (exit 2)."""
+
+    def __init__(self, minimum: int, fix: str) -> None:
+        super().__init__(min=minimum)
+        self.fix = fix
+
+
+class PositiveFloat(_WithFix, click.FloatRange):
+    """A float option above 0; a bad value is refused with ``fix`` (exit 2)."""
+
+    def __init__(self, fix: str) -> None:
+        super().__init__(min=0, min_open=True)
+        self.fix = fix
+
+
+#: The option types shared by the commands that talk to a server.
+TIMEOUT = PositiveFloat("give the seconds to wait for each answer, e.g. --timeout 60")
+RETRIES = IntAtLeast(0, "give 0 for no retries or a small count, e.g. --retries 5")
+CONCURRENCY = IntAtLeast(1, "give 1 for one request at a time, e.g. --concurrency 4")
+PAGE_SIZE = IntAtLeast(1, "give the features per request, e.g. --page-size 1000, or leave it out")
+MAX_RESPONSE_MB = IntAtLeast(1, "give the largest answer to accept in MB, e.g. --max-response-mb 256")
 
 
 def auth_options(fn: F) -> F:

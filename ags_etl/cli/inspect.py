@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ags_etl.arcgis.client import ArcGISClient, display_url
-from ags_etl.cli._common import auth_options, build_auth, handle_errors
+from ags_etl.cli._common import MAX_RESPONSE_MB, TIMEOUT, auth_options, build_auth, handle_errors
 from ags_etl.crs import describe_crs
 from ags_etl.errors import ArcGISError, NotALayerError
 from ags_etl.extractors.feature_layer import FeatureLayerExtractor, validate_url
@@ -34,14 +34,19 @@ def _service_summary(client: ArcGISClient, url: str) -> dict[str, Any]:
 @click.argument("url")
 @click.option("--where", help="Where clause for the count and plan.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--timeout", type=float, default=60.0, show_default=True)
+@click.option("--timeout", type=TIMEOUT, default=60.0, show_default=True, help="Seconds per request.")
+@click.option(
+    "--max-response-mb", type=MAX_RESPONSE_MB, default=256, show_default=True,
+    help="Refuse a server answer larger than this (MB).",
+)
 @auth_options
-@handle_errors
+@handle_errors(writes_output=False)
 def inspect_cmd(
     url: str,
     where: str | None,
     as_json: bool,
     timeout: float,
+    max_response_mb: int,
     token: str | None,
     api_key: str | None,
     username: str | None,

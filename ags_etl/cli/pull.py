@@ -6,10 +6,19 @@ from pathlib import Path
 
 import click
 
-from ags_etl.cli._common import auth_options, build_auth, handle_errors
+from ags_etl.cli._common import (
+    CONCURRENCY,
+    MAX_RESPONSE_MB,
+    PAGE_SIZE,
+    RETRIES,
+    TIMEOUT,
+    auth_options,
+    build_auth,
+    handle_errors,
+)
 from ags_etl.errors import ConfigError
 from ags_etl.extractors.feature_layer import FeatureLayerExtractor
-from ags_etl.loaders.base import check_target
+from ags_etl.loaders.base import check_target, stale_temp_outputs
 from ags_etl.pipeline import Pipeline
 from ags_etl.registry import load, loader_name_for_path
 from ags_etl.transformers.base import Transformer
@@ -34,6 +43,19 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return out
 
 
+def _warn_stale_temps(path: Path) -> None:
+    """Name the temp outputs a killed run left beside the target (they are not deleted: another
+    run of the same job may be writing one of them right now)."""
+    stale = stale_temp_outputs(path)
+    if stale:
+        shown = ", ".join(p.name for p in stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+        click.echo(
+            f"warning: {shown} in {str(path.parent)!r} {'is a temp output' if len(stale) == 1 else 'are temp outputs'} "
+            "of an earlier run that was killed; delete them once no other run of this job is in progress",
+            err=True,
+        )
+
+
 @click.command("pull")
 @click.argument("url")
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="Output file.")
@@ -49,16 +71,20 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--clip", help="Clip to xmin,ymin,xmax,ymax (layer CRS unless --clip-crs).")
 @click.option("--clip-file", type=click.Path(exists=True, dir_okay=False), help="Clip to the polygons of this file.")
 @click.option("--clip-crs", help="CRS of --clip (a --clip-file with its own CRS keeps it).")
-@click.option("--page-size", type=int, help="Features per request (never above the server's maxRecordCount).")
-@click.option("--concurrency", type=int, default=4, show_default=True, help="Requests in flight at once.")
+@click.option("--page-size", type=PAGE_SIZE, help="Features per request (never above the server's maxRecordCount).")
+@click.option("--concurrency", type=CONCURRENCY, default=4, show_default=True, help="Requests in flight at once.")
 @click.option(
     "--strategy",
     type=click.Choice(["oid-list", "offset", "oid-range", "spatial"]),
     help="Force a paging strategy (default: chosen from metadata and probes).",
 )
 @click.option("--response-format", type=click.Choice(["json", "geojson"]), default="json", show_default=True)
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per request.")
-@click.option("--retries", type=int, default=5, show_default=True, help="Retries of a failed request.")
+@click.option("--timeout", type=TIMEOUT, default=60.0, show_default=True, help="Seconds per request.")
+@click.option("--retries", type=RETRIES, default=5, show_default=True, help="Retries of a failed request.")
+@click.option(
+    "--max-response-mb", type=MAX_RESPONSE_MB, default=256, show_default=True,
+    help="Refuse a server answer larger than this (MB).",
+)
 @click.option("--name-field", help="KMZ: the field that names each placemark (default: the first string field).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (only once the new one is complete).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
@@ -85,6 +111,7 @@ def pull_cmd(
     response_format: str,
     timeout: float,
     retries: int,
+    max_response_mb: int,
     name_field: str | None,
     overwrite: bool,
     quiet: bool,
@@ -109,6 +136,7 @@ def pull_cmd(
             raise ConfigError(f"--name-field applies to KMZ output only, not {loader_name}; drop it")
         loader_options["name_field"] = name_field
     check_target(path, overwrite)
+    _warn_stale_temps(path)
     auth = build_auth(token, api_key, username, password, token_url)
     transformers: list[Transformer] = []
     renames = _pairs(rename, "--rename")

@@ -30,12 +30,6 @@ def _token_auth(value: str | None) -> tuple[str | None, str | None]:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port; 0 picks a free one.")
 @click.option("--max-record-count", type=click.IntRange(min=1), default=1000, show_default=True, help="Page cap.")
 @click.option("--no-pagination", is_flag=True, help="Act as a 10.0-era layer: no resultOffset/resultRecordCount/orderByFields.")
-@click.option(
-    "--box-only",
-    is_flag=True,
-    help="Act as a layer that answers only plain and envelope queries: no counts, id lists, statistics or pagination.",
-)
-@click.option("--count-answers-features", is_flag=True, help="With --box-only: answer returnCountOnly with features.")
 @click.option("--latency-ms", type=click.IntRange(min=0), default=0, show_default=True, help="Sleep per request.")
 @click.option("--fail-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="Share of query requests that fail.")
 @click.option("--seed", type=int, default=None, help="Seed of the failure draws (same seed, same failures).")
@@ -47,15 +41,13 @@ def _token_auth(value: str | None) -> tuple[str | None, str | None]:
     help="Require tokens from /arcgis/tokens/generateToken [env AGS_ETL_SERVE_TOKEN_AUTH].",
 )
 @click.option("--token-ttl", type=click.IntRange(min=1), default=None, help="Token lifetime cap in seconds.")
-@handle_errors
+@handle_errors(writes_output=False)
 def serve_cmd(
     directory: Path,
     host: str,
     port: int,
     max_record_count: int,
     no_pagination: bool,
-    box_only: bool,
-    count_answers_features: bool,
     latency_ms: int,
     fail_rate: float,
     seed: int | None,
@@ -69,15 +61,11 @@ def serve_cmd(
     user, password = _token_auth(token_auth)
     if token_ttl is not None and user is None:
         raise ConfigError("--token-ttl needs --token-auth USER:PASSWORD")
-    if count_answers_features and not box_only:
-        raise ConfigError("--count-answers-features needs --box-only")
     options = ServerOptions(
         host=host,
         port=port,
         max_record_count=max_record_count,
-        pagination=not (no_pagination or box_only),
-        box_only=box_only,
-        count_answers_features=count_answers_features,
+        pagination=not no_pagination,
         latency_ms=latency_ms,
         fail_rate=fail_rate,
         seed=seed,

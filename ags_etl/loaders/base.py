@@ -16,7 +16,9 @@ then opened as a context manager that takes batches::
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ from typing import Any, ClassVar, Protocol
 from pyproj import CRS
 
 from ags_etl.batch import FeatureBatch
-from ags_etl.errors import CapabilityError, ConfigError, OutputExistsError
+from ags_etl.errors import CapabilityError, ConfigError, LoadError, OutputExistsError
 from ags_etl.schema import LayerSchema
 
 WGS84 = CRS.from_epsg(4326)
@@ -102,14 +104,111 @@ class Loader(ABC):
 
 
 def check_target(path: Path, overwrite: bool) -> None:
-    """Refuse a target in a missing folder, a folder as target, or an existing one without overwrite."""
+    """Refuse a target in a missing or unwritable folder, a folder as target, or an existing one
+    without overwrite.
+
+    Writability is probed by creating and removing a temp file in the folder (``os.access``
+    says yes to root even on a read-only mount). Raises ConfigError / OutputExistsError.
+    """
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
+    if not parent.exists():
         raise ConfigError(f"output folder {str(parent)!r} does not exist; create it first or choose another -o path")
+    if not parent.is_dir():
+        raise ConfigError(f"output folder {str(parent)!r} is not a folder; choose another -o path")
     if path.is_dir():
         raise ConfigError(f"output {str(path)!r} is a folder; give a file path such as {str(path / 'layer.geojson')!r}")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"output {str(path)!r} exists; pass --overwrite (or overwrite: true) to replace it")
+    try:
+        _probe_writable(parent)
+    except OSError as exc:
+        raise ConfigError(f"output folder {str(parent)!r} cannot be written ({_reason(exc)}); {_fix(exc)}") from exc
+
+
+def _probe_writable(folder: Path) -> None:
+    """Create a file in ``folder`` and remove it; raise the OSError when that fails.
+
+    Linux: an unnamed O_TMPFILE file, which never shows in the folder's listing. Elsewhere,
+    or on a file system without O_TMPFILE, a hidden named file removed at once.
+    """
+    tmpfile_flag = getattr(os, "O_TMPFILE", None)
+    if tmpfile_flag is not None:
+        try:
+            os.close(os.open(folder, tmpfile_flag | os.O_WRONLY, 0o600))
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+    fd, probe = tempfile.mkstemp(prefix=".ags-etl-probe.", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+#: errno values that mean the output's file system refused a write (not a network failure).
+_OUTPUT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO, errno.EMFILE}
+)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _fix(exc: OSError) -> str:
+    """What the user can do about an output write failure, by errno."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space there or choose another -o folder"
+    if exc.errno == errno.EROFS:
+        return "the file system is mounted read-only; choose another -o folder"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "make the folder writable for this user or choose another -o folder"
+    if exc.errno == errno.EFBIG:
+        return "the file is too large for this file system; choose another -o folder or a format that splits"
+    return "check the folder (permissions, free space, mount) or choose another -o folder"
+
+
+def output_write_error(exc: OSError, target: Path) -> LoadError:
+    """A LoadError naming ``target``, the system's reason and the fix, for an OSError while
+    writing or committing it. Raise it ``from exc``."""
+    return LoadError(f"could not write {str(target)!r}: {_reason(exc)}; {_fix(exc)}")
+
+
+def is_output_write_error(exc: BaseException) -> bool:
+    """True for an OSError that comes from the output's file system (full, read-only, no access …)."""
+    return isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS
+
+
+def temp_name_pattern(target: Path) -> re.Pattern[str]:
+    """The names of the hidden temp outputs (files or folders) made for ``target`` beside it:
+    ``.NAME.<random>.part``, as :func:`atomic_file` and :func:`temp_dir` create them."""
+    return re.compile(re.escape(f".{target.name}.") + r"[A-Za-z0-9_]+" + re.escape(".part"))
+
+
+def stale_temp_outputs(target: Path) -> list[Path]:
+    """Temp outputs for ``target`` left beside it by a run that was killed (SIGKILL, power loss).
+
+    Only reads the folder; deleting them is safe only when no other run of the same job is in
+    progress (its own temp output has the same shape of name). Sorted; empty when the folder
+    cannot be listed.
+    """
+    parent = target.parent if str(target.parent) else Path(".")
+    pattern = temp_name_pattern(target)
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    return sorted(parent / n for n in names if pattern.fullmatch(n))
+
+
+def temp_dir(target: Path) -> Path:
+    """Create a hidden temp folder beside ``target`` (``.NAME.<random>.part``) and return it.
+
+    The caller removes it. An OSError (read-only, full, no access) becomes a LoadError naming
+    the target and the fix.
+    """
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    except OSError as exc:
+        raise output_write_error(exc, target) from exc
 
 
 def _default_mode(path: Path) -> None:
@@ -124,10 +223,16 @@ def atomic_file(target: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temp path beside ``target``; on success move it onto ``target``, else delete it.
 
     The temp file lives in the target's folder (same filesystem, so ``os.replace``
-    is atomic) under a hidden name, so a killed run never leaves a file at the target.
+    is atomic) under a hidden name (``.NAME.<random>.part``), so a killed run never leaves
+    a file at the target. An OSError from the output's file system — creating the temp file,
+    writing it inside the block, or the final rename — becomes a LoadError naming the target
+    and the fix; any exception (KeyboardInterrupt and SIGTERM included) removes the temp file.
     """
     check_target(target, overwrite)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as exc:
+        raise output_write_error(exc, target) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -135,9 +240,12 @@ def atomic_file(target: Path, overwrite: bool) -> Iterator[Path]:
         check_target(target, overwrite)
         _default_mode(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if is_output_write_error(exc):
+            assert isinstance(exc, OSError)
+            raise output_write_error(exc, target) from exc
         raise
 
 
