@@ -54,7 +54,19 @@ def serve_cmd(
     token_auth: str | None,
     token_ttl: int | None,
 ) -> None:
-    """Serve each .geojson/.json/.shp/.parquet file of DIRECTORY as a FeatureServer layer."""
+    """Serve each .geojson/.json/.shp/.parquet file of DIRECTORY as a FeatureServer layer.
+
+    \b
+    Layout (service and folder names: the names made [A-Za-z0-9_]):
+      DIR/roads.geojson            service roads, layer 0
+      DIR/Parcels.FeatureServer/   service Parcels: each data file in it is a layer,
+                                   ids 0, 1 ... in file-name order, named by its stem
+      DIR/Hydro/                   folder Hydro (one level deep): its files and
+                                   NAME.FeatureServer/ folders are services Hydro/NAME
+
+    Every service and layer is also a portal item: /sharing/rest/content/items/ID
+    (ID = md5 hex of "service:NAME" or "layer:NAME/ID") and /sharing/rest/search?q=TEXT.
+    """
     from ags_etl.server.app import serve
     from ags_etl.server.options import ServerOptions
 
