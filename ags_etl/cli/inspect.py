@@ -80,6 +80,8 @@ def inspect_cmd(
                     "strategy": plan.strategy.value,
                     "strategyReason": plan.reason,
                     "pageSize": plan.page_size,
+                    # Only for a layer without a count (box-split): what completeness rests on.
+                    **({"completeness": plan.unchecked} if plan.unchecked is not None else {}),
                     "fields": [{"name": f.name, "type": f.esri_type} for f in info.schema.fields],
                 }
         except NotALayerError as not_a_layer:

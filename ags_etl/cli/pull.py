@@ -75,7 +75,7 @@ def _warn_stale_temps(path: Path) -> None:
 @click.option("--concurrency", type=CONCURRENCY, default=4, show_default=True, help="Requests in flight at once.")
 @click.option(
     "--strategy",
-    type=click.Choice(["oid-list", "offset", "oid-range", "spatial"]),
+    type=click.Choice(["oid-list", "offset", "oid-range", "spatial", "box-split"]),
     help="Force a paging strategy (default: chosen from metadata and probes).",
 )
 @click.option("--response-format", type=click.Choice(["json", "geojson"]), default="json", show_default=True)
@@ -185,3 +185,5 @@ def pull_cmd(
         )
         for warning in result.load.warnings:
             click.echo(f"warning: {warning}", err=True)
+        if ex.unchecked is not None:  # box-split on a layer without a count
+            click.echo(f"note: {ex.unchecked}", err=True)

@@ -12,13 +12,19 @@
 Contract: iteration yields every feature matching the query exactly once, or raises.
 At the end the number of distinct OIDs read is compared with the server's
 ``returnCountOnly`` for the same where clause and filter; a difference raises
-:class:`~ags_etl.errors.IncompleteExtractError` naming both numbers. Pages run
+:class:`~ags_etl.errors.IncompleteExtractError` naming both numbers. The one exception
+is a layer that gives no count at all (the ``box-split`` plan): completeness then rests
+on every box having come back below the page cap without ``exceededTransferLimit``, and
+``stats.unchecked`` (also logged and in ``stats.notes``) says so. Every plan has a
+request bound (:func:`ags_etl.arcgis.paging.request_budget`); server answers that do not
+add up end the run with a PagingError, never an endless loop. Pages run
 concurrently (at most ``concurrency`` requests, ``2 × concurrency`` pages held), and
 come out in plan order, so memory stays flat as the layer grows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import threading
@@ -30,6 +36,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
+import shapely
 from pyproj import CRS
 from pyproj.transformer import Transformer as ProjTransformer
 
@@ -75,6 +82,8 @@ class ExtractStats:
     requests: int = 0
     retries: int = 0
     notes: list[str] = field(default_factory=list)
+    #: Set when no server count was available: what completeness rests on instead.
+    unchecked: str | None = None
 
 
 def validate_url(url: str) -> str:
@@ -173,6 +182,13 @@ class FeatureLayerExtractor:
         self._page_size = 0
         self._lock = threading.Lock()
         self._seen: set[int] = set()
+        self._seen_rows: set[bytes] = set()
+        self._budget: Callable[[], int | None] = lambda: None
+        self._pages_before_plan = 0
+        #: Fewest rows a non-empty page held: servers that cut pages silently need more requests.
+        self._min_rows = paging.MAX_PLAUSIBLE
+        self._box_cap = paging.DEFAULT_PAGE_SIZE
+        self._empty_pages = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -221,6 +237,7 @@ class FeatureLayerExtractor:
         self.schema = schema
         self._page_size = paging.page_size_for(info, self.requested_page_size)
         self.stats.page_size = self._page_size
+        self._box_cap = info.max_record_count or paging.DEFAULT_PAGE_SIZE
         return schema
 
     # ------------------------------------------------------------------ query helpers
@@ -287,15 +304,37 @@ class FeatureLayerExtractor:
             flag = bool(data.get("exceededTransferLimit"))
         with self._lock:
             self.stats.pages += 1
+            pages = self.stats.pages - self._pages_before_plan
+            if len(batch):
+                self._min_rows = min(self._min_rows, len(batch))
+        budget = self._budget()
+        if budget is not None and pages > budget:
+            plan = self.plan()
+            raise PagingError(
+                f"plan {plan.strategy.value} for {info.url} needed more than {budget} requests for {plan.count} "
+                f"features at {self._page_size} per page; the server's answers do not add up (a count too high, "
+                f"or pages shorter than they say). Retry; if it repeats, try another --strategy, and report the "
+                f"server version ({info.current_version})"
+            )
         return batch, flag
 
     def _oids(self, batch: FeatureBatch) -> np.ndarray:
-        _, schema = self._require_open()
-        assert schema.oid_field is not None
+        info, schema = self._require_open()
+        if schema.oid_field is None:
+            raise PagingError(f"layer {info.url} has no OID field; its pages cannot be told apart by id")
         col = batch.column(schema.oid_field)
         if col.null_count:
-            raise PagingError(f"the server sent features without an {schema.oid_field} value; cannot check them")
+            raise PagingError(
+                f"{info.url} sent features without an {schema.oid_field} value; they cannot be checked. "
+                f"Report it to the server's administrator"
+            )
         return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    def _row_keys(self, batch: FeatureBatch) -> list[bytes]:
+        """One digest per row of attributes and geometry: the identity of a feature without an OID."""
+        attrs = batch.attributes.to_pylist()
+        wkb: list[Any] = [None] * len(batch) if batch.geometry is None else shapely.to_wkb(batch.geometry).tolist()
+        return [hashlib.blake2b(repr((row, g)).encode(), digest_size=16).digest() for row, g in zip(attrs, wkb)]
 
     def _observe_cap(self, rows: int) -> None:
         """A page came back with fewer rows than asked while more remained: the real cap."""
@@ -320,6 +359,20 @@ class FeatureLayerExtractor:
     # ------------------------------------------------------------------ probes and plan
 
     def count(self) -> int:
+        """The server's count for the query; PagingError when it gives none."""
+        info, _ = self._require_open()
+        value, problem = self._count_answer()
+        if value is None:
+            raise PagingError(f"{info.url}: {problem}; completeness cannot be checked")
+        return value
+
+    def _count_answer(self) -> tuple[int | None, str | None]:
+        """(count, None), or (None, how the server failed to give one) for a layer without counts.
+
+        A malformed count ("abc", -1, 1e300) raises PagingError; a rejected count request
+        raises QueryError unless a plain query with the same where clause works (then the
+        server refuses counts, not the query).
+        """
         info, _ = self._require_open()
         params = self._base_params()
         params.update({"returnCountOnly": True, "returnGeometry": False})
@@ -327,6 +380,8 @@ class FeatureLayerExtractor:
         try:
             data = self.client.post(info.url + "/query", params)
         except QueryError as exc:
+            if self._plain_query_works():
+                return None, f"returnCountOnly was refused ({exc})"
             # The count is the first query: a bad where clause or filter shows up here.
             raise QueryError(
                 f"the server rejected the query with where clause {self.where!r}: {exc}; check field names "
@@ -334,13 +389,24 @@ class FeatureLayerExtractor:
                 code=exc.code,
                 details=exc.details,
             ) from exc
-        value = data.get("count")
-        if value is None:
-            # Cook County IL answers a count request with a page of features (flag ignored).
-            raise PagingError(
-                f"{info.url} did not answer returnCountOnly with a count; completeness cannot be checked"
-            )
-        return int(value)
+        if "count" not in data:
+            if isinstance(data.get("features"), list):
+                # Cook County IL answers a count request with a page of features (flag ignored).
+                return None, f"returnCountOnly was answered with {len(data['features'])} features instead of a count"
+            return None, "returnCountOnly was answered without a count (keys: " + ", ".join(sorted(data)[:4]) + ")"
+        return paging.as_count(data["count"], "returnCountOnly", info.url), None
+
+    def _plain_query_works(self) -> bool:
+        """Whether the where clause and filter work in a plain query (one page, no geometry)."""
+        info, schema = self._require_open()
+        params = self._base_params()
+        params.update({"returnGeometry": False, "outFields": schema.oid_field or "*"})
+        params.pop("outSR", None)
+        try:
+            self.client.post(info.url + "/query", params)
+        except ServiceError:
+            return False
+        return True
 
     def _probe_ids(self) -> tuple[np.ndarray | None, str | None]:
         info, _ = self._require_open()
@@ -353,7 +419,8 @@ class FeatureLayerExtractor:
             return None, str(exc)
         if "objectIds" not in data:
             return None, "the answer held no objectIds (it held " + ", ".join(sorted(data)[:4]) + ")"
-        return paging.normalise_ids(data.get("objectIds") or []), None
+        raw = data["objectIds"]
+        return paging.normalise_ids([] if raw is None else raw, info.url), None  # null: no ids (10.x, empty query)
 
     def _probe_offset(self) -> bool | None:
         info, schema = self._require_open()
@@ -394,9 +461,9 @@ class FeatureLayerExtractor:
             if value is None:
                 continue
             if "min" in k and lo is None:
-                lo = int(value)
+                lo = paging.as_oid(value, "the minimum OID from outStatistics", info.url)
             elif "max" in k and hi is None:
-                hi = int(value)
+                hi = paging.as_oid(value, "the maximum OID from outStatistics", info.url)
         if lo is None or hi is None:
             return None, None, None
         params2 = self._base_params()
@@ -408,19 +475,29 @@ class FeatureLayerExtractor:
             }
         )
         try:
-            in_range = int(self.client.post(info.url + "/query", params2).get("count", -1))
+            answer = self.client.post(info.url + "/query", params2)
         except (ServiceError, TransientError):
             return None, None, None
-        return lo, hi, in_range
+        if "count" not in answer:
+            return None, None, None
+        return lo, hi, paging.as_count(answer["count"], f"returnCountOnly for OIDs {lo}..{hi}", info.url)
 
     def probe(self) -> Probes:
         """Run the cheap requests the planner needs (count, then what the ladder asks)."""
         if self._probes is not None:
             return self._probes
         info, schema = self._require_open()
-        count = self.count()
-        probes = Probes(count=count)
+        count, count_problem = self._count_answer()
         forced = self.forced
+        if count is None:
+            # No count: an id list can stand in for one; offsets and OID ranges cannot be checked.
+            probes = Probes(count=None, count_problem=count_problem)
+            if schema.oid_field is not None and forced in (None, Strategy.OID_LIST):
+                ids, problem = self._probe_ids()
+                probes = replace(probes, ids=ids, ids_problem=problem)
+            self._probes = probes
+            return probes
+        probes = Probes(count=count)
         if count > 0 and schema.oid_field is not None:
             if forced in (None, Strategy.OID_LIST):
                 ids, problem = self._probe_ids()
@@ -438,9 +515,14 @@ class FeatureLayerExtractor:
         if self._plan is None:
             info, _ = self._require_open()
             probes = self.probe()
-            self._plan = paging.choose_strategy(info, probes, self._page_size, self.forced)
-            self.stats.strategy = self._plan.strategy.value
-            self.stats.expected = self._plan.count
+            plan = paging.choose_strategy(info, probes, self._page_size, self.forced)
+            self._plan = plan
+            self.stats.strategy = plan.strategy.value
+            self.stats.expected = plan.count
+            if plan.unchecked is not None:
+                self.stats.unchecked = plan.unchecked
+                self.stats.notes.append(plan.unchecked)
+                log.warning("%s: %s", info.url, plan.unchecked)
         return self._plan
 
     # ------------------------------------------------------------------ strategies (run in worker threads)
@@ -498,7 +580,8 @@ class FeatureLayerExtractor:
                 continue
             rows = len(batch)
             if rows == 0:
-                break  # nothing at this offset: the completeness check decides
+                self._empty_page(pos)
+                break  # nothing at this offset: the completeness check decides, unless it keeps happening
             parts.append(batch)
             pos += rows
             remaining -= rows
@@ -508,16 +591,54 @@ class FeatureLayerExtractor:
             # (e.g. behind spatial-index filtering, 10.3+) send short pages mid-layer.
         return self._concat(parts)
 
-    def _run_window(self, window: tuple[int, int]) -> FeatureBatch:
-        """Rows with OID in [a, b]; a window over the transfer limit is halved."""
+    def _empty_page(self, offset: int) -> None:
+        """An offset page below the count came back empty; a few may (the layer shrank), many may not."""
+        info, _ = self._require_open()
+        plan = self.plan()
+        with self._lock:
+            self._empty_pages += 1
+            empties = self._empty_pages
+        if empties >= paging.MAX_EMPTY_PAGES:
+            raise PagingError(
+                f"offset plan for {info.url}: {empties} pages came back empty (the last at offset {offset}) "
+                f"although the server counts {plan.count} features; the count or the paging does not work. "
+                f"Try --strategy oid-list or oid-range, or report the server version ({info.current_version})"
+            )
+
+    def _walk_windows(self, lo: int, hi: int) -> Iterator[FeatureBatch]:
+        """Sparse OID range: adaptive windows, one at a time (see paging.WindowWalk)."""
+        walk = paging.WindowWalk(lo, hi, self._page_size)
+        while (window := walk.window()) is not None:
+            batch, flag = self._window_query(window)
+            if flag:
+                self._observe_cap(len(batch))
+                walk.record(window, len(batch), True, self._page_size)
+                continue
+            batch = self._keep_window(batch, window)
+            walk.record(window, len(batch), False, self._page_size)
+            if len(batch):
+                yield batch
+
+    def _window_query(self, window: tuple[int, int]) -> tuple[FeatureBatch, bool]:
         _, schema = self._require_open()
         oid = schema.oid_field
+        a, b = window
+        return self._query({}, where=paging.where_and(self.where, f"{oid} >= {a} AND {oid} <= {b}"))
+
+    def _keep_window(self, batch: FeatureBatch, window: tuple[int, int]) -> FeatureBatch:
+        """Rows of ``batch`` inside ``window``, each OID once."""
+        got = self._oids(batch)
+        keep = (got >= window[0]) & (got <= window[1]) & paging.first_occurrence_mask(got)
+        return batch.filter(keep) if not keep.all() else batch
+
+    def _run_window(self, window: tuple[int, int]) -> FeatureBatch:
+        """Rows with OID in [a, b]; a window over the transfer limit is halved."""
         stack = [window]
         parts: list[FeatureBatch] = []
         while stack:
             a, b = stack.pop()
             try:
-                batch, flag = self._query({}, where=paging.where_and(self.where, f"{oid} >= {a} AND {oid} <= {b}"))
+                batch, flag = self._window_query((a, b))
             except TransientError as exc:
                 if a >= b:
                     raise
@@ -525,42 +646,82 @@ class FeatureLayerExtractor:
                 stack.extend(reversed(paging.split_window((a, b))))
                 continue
             if flag:
+                self._observe_cap(len(batch))
                 stack.extend(reversed(paging.split_window((a, b))))
                 continue
-            got = self._oids(batch)
-            keep = (got >= a) & (got <= b) & paging.first_occurrence_mask(got)
-            parts.append(batch.filter(keep) if not keep.all() else batch)
+            parts.append(self._keep_window(batch, (a, b)))
         return self._concat(parts)
 
-    def _run_box(self, task: tuple[BBox, int]) -> FeatureBatch:
-        """Rows intersecting a box; a box over the transfer limit is split in four, to a depth limit."""
+    def _box_query(self, box: BBox) -> tuple[FeatureBatch, bool]:
         info, _ = self._require_open()
         sr = (info.extent or {}).get("spatialReference") or info.spatial_reference
+        extra: dict[str, Any] = {
+            "geometry": {"xmin": box[0], "ymin": box[1], "xmax": box[2], "ymax": box[3]},
+            "geometryType": "esriGeometryEnvelope",
+            "spatialRel": "esriSpatialRelIntersects",
+        }
+        if sr:
+            extra["inSR"] = sr
+        return self._query(extra)
+
+    def _box_complete(self, rows: int, flag: bool) -> bool:
+        """A box is complete when it came back below the cap without the flag.
+
+        A full page without the flag is not trusted (10.0 servers never set it). A flagged
+        page teaches the real cap: the rows the server sent.
+        """
+        with self._lock:
+            if flag and 0 < rows < self._box_cap:
+                log.info("server cut a box at %d rows (cap was %d); using %d", rows, self._box_cap, rows)
+                self.stats.notes.append(f"server capped boxes at {rows} (advertised {self._box_cap})")
+                self._box_cap = rows
+            return not flag and rows < self._box_cap
+
+    def _check_one_spot(self, batch: FeatureBatch) -> None:
+        """A full box whose features all lie at one point: fail if that point alone fills a page.
+
+        Stacked points below the cap are fine (a smaller box holds them all); above it no
+        box can separate them. Checked with one tiny box around the point, in the layer's
+        CRS (skipped when the server reprojects: the depth limit then decides).
+        """
+        info, _ = self._require_open()
+        if batch.geometry is None or len(batch) < 2 or self.out_crs is not None:
+            return
+        geoms = batch.geometry
+        if shapely.get_type_id(geoms[0]) != 0 or not bool(np.all(shapely.equals_exact(geoms, geoms[0], 0.0))):
+            return
+        x, y = float(shapely.get_x(geoms[0])), float(shapely.get_y(geoms[0]))
+        eps = max(abs(x), abs(y), 1.0) * 1e-9
+        spot, flag = self._box_query((x - eps, y - eps, x + eps, y + eps))
+        if not self._box_complete(len(spot), flag):
+            raise PagingError(
+                f"{info.url} has more features at the single point ({x}, {y}) than it returns per request "
+                f"({self._box_cap}); no box can separate them, so splitting the extent cannot get them all. "
+                f"Ask the server's administrator to enable returnIdsOnly or pagination, or to raise maxRecordCount"
+            )
+
+    def _run_box(self, task: tuple[BBox, int]) -> FeatureBatch:
+        """Rows intersecting a box; a box that is not complete is split in four, to a depth limit."""
+        info, _ = self._require_open()
         stack = [task]
         parts: list[FeatureBatch] = []
         while stack:
             box, depth = stack.pop()
-            geometry: dict[str, Any] = {"xmin": box[0], "ymin": box[1], "xmax": box[2], "ymax": box[3]}
-            extra: dict[str, Any] = {
-                "geometry": geometry,
-                "geometryType": "esriGeometryEnvelope",
-                "spatialRel": "esriSpatialRelIntersects",
-            }
-            if sr:
-                extra["inSR"] = sr
             try:
-                batch, flag = self._query(extra)
+                batch, flag = self._box_query(box)
             except TransientError as exc:
                 if depth >= paging.MAX_SPLIT_DEPTH:
                     raise
                 log.warning("box %s failed (%s); splitting it", box, exc)
                 stack.extend((b, depth + 1) for b in paging.split_envelope(box))
                 continue
-            if flag:
+            if not self._box_complete(len(batch), flag):
+                self._check_one_spot(batch)
                 if depth >= paging.MAX_SPLIT_DEPTH:
                     raise PagingError(
-                        f"spatial split of {info.url} reached depth {depth} with a box still over the "
-                        f"transfer limit; the layer has too many features at one place for this strategy"
+                        f"spatial split of {info.url} reached depth {depth} with box {box} still at the page cap "
+                        f"({self._box_cap}); the layer has too many features at one place for splitting by boxes. "
+                        f"Ask the server's administrator to enable returnIdsOnly or pagination"
                     )
                 stack.extend((b, depth + 1) for b in paging.split_envelope(box))
                 continue
@@ -574,12 +735,21 @@ class FeatureLayerExtractor:
         return parts[0] if len(parts) == 1 else FeatureBatch.concat(parts)
 
     def _dedupe_global(self, batch: FeatureBatch) -> FeatureBatch:
-        """Drop rows whose OID was already yielded (offset and spatial plans can overlap)."""
-        oids = self._oids(batch)
-        mask = paging.first_occurrence_mask(oids)
-        fresh = np.fromiter((int(o) not in self._seen for o in oids), dtype=bool, count=len(oids))
-        mask &= fresh
-        self._seen.update(int(o) for o in oids[mask])
+        """Drop rows already yielded (offset and spatial plans can overlap): by OID, or by a
+        digest of attributes and geometry on a layer without an OID field."""
+        _, schema = self._require_open()
+        if schema.oid_field is None:
+            mask = np.zeros(len(batch), dtype=bool)
+            for i, key in enumerate(self._row_keys(batch)):
+                if key not in self._seen_rows:
+                    self._seen_rows.add(key)
+                    mask[i] = True
+        else:
+            oids = self._oids(batch)
+            mask = paging.first_occurrence_mask(oids)
+            fresh = np.fromiter((int(o) not in self._seen for o in oids), dtype=bool, count=len(oids))
+            mask &= fresh
+            self._seen.update(int(o) for o in oids[mask])
         dropped = int((~mask).sum())
         if dropped:
             self.stats.duplicates_dropped += dropped
@@ -594,27 +764,49 @@ class FeatureLayerExtractor:
             assert probes.ids is not None
             return self._run_id_chunk, paging.id_chunks(probes.ids, lambda: self._page_size), False
         if plan.strategy is Strategy.OFFSET:
+            assert plan.count is not None
             return self._run_offset_page, paging.offset_pages(plan.count, plan.page_size), True
         if plan.strategy is Strategy.OID_RANGE:
             assert probes.oid_min is not None and probes.oid_max is not None
             return self._run_window, paging.oid_windows(probes.oid_min, probes.oid_max, plan.page_size), False
-        extent = info.extent or {}
+        if info.extent is None:
+            raise PagingError(f"layer {info.url} advertises no usable extent to split; try another --strategy")
+        extent = info.extent
         box: BBox = (float(extent["xmin"]), float(extent["ymin"]), float(extent["xmax"]), float(extent["ymax"]))
         return self._run_box, [(b, 1) for b in paging.split_envelope(box)], True
+
+    def _batches(self, plan: Plan) -> Iterator[FeatureBatch]:
+        """The plan's pages in order, before global dedupe; the request bound is set here."""
+        probes = self.probe()
+        span = None
+        if plan.strategy is Strategy.OID_RANGE and probes.oid_min is not None and probes.oid_max is not None:
+            span = (probes.oid_min, probes.oid_max)
+        self._pages_before_plan = self.stats.pages
+        self._budget = lambda: paging.request_budget(
+            plan.strategy, plan.count, min(self._page_size, self._min_rows), span
+        )
+        if span is not None and plan.count is not None and not paging.is_dense(*span, plan.count, plan.page_size):
+            log.info("OIDs %d..%d are sparse for %d features: adaptive windows", span[0], span[1], plan.count)
+            yield from self._walk_windows(*span)
+            return
+        worker, tasks, dedupe = self._tasks(plan)
+        for batch in ordered_map(worker, tasks, self.concurrency):
+            yield self._dedupe_global(batch) if dedupe else batch
 
     # ------------------------------------------------------------------ iteration
 
     def __iter__(self) -> Iterator[FeatureBatch]:
         info, schema = self._require_open()
         plan = self.plan()
-        log.info("%s: %d features, strategy %s, page size %d", info.url, plan.count, plan.strategy.value, plan.page_size)
-        if plan.count > 0:
-            if schema.oid_field is None and plan.strategy is not Strategy.SPATIAL:
-                raise PagingError(f"layer {info.url} has no OID field; cannot page it")
-            worker, tasks, dedupe = self._tasks(plan)
-            for batch in ordered_map(worker, tasks, self.concurrency):
-                if dedupe:
-                    batch = self._dedupe_global(batch)
+        log.info("%s: %s features, strategy %s, page size %d", info.url, plan.count, plan.strategy.value, plan.page_size)
+        if plan.count is None or plan.count > 0:
+            if schema.oid_field is None and plan.strategy not in (Strategy.SPATIAL, Strategy.BOX_SPLIT):
+                raise PagingError(
+                    f"layer {info.url} has no OID field (fields: {', '.join(schema.field_names[:8])}) and "
+                    f"{plan.strategy.value} pages by OID; use --strategy spatial, or ask the server's "
+                    f"administrator to publish the layer with an OID field"
+                )
+            for batch in self._batches(plan):
                 if len(batch) == 0:
                     continue
                 self.stats.features += len(batch)
@@ -624,13 +816,17 @@ class FeatureLayerExtractor:
         self._check_complete(plan)
 
     def _check_complete(self, plan: Plan) -> None:
+        """Distinct features read must equal the server's count; skipped only without a count (box-split)."""
         info, _ = self._require_open()
         got = self.stats.features
+        if plan.count is None:
+            log.warning("%s: read %d features; %s", info.url, got, plan.unchecked)
+            return
         if got == plan.count:
             return
         recount = self.count()
         changed = "" if recount == plan.count else f" (the count was {plan.count} at the start: the layer changed)"
-        if plan.strategy is Strategy.SPATIAL and got < recount:
+        if plan.strategy in (Strategy.SPATIAL, Strategy.BOX_SPLIT) and got < recount:
             changed += " (a spatial plan cannot see features without geometry or outside the layer's extent)"
         raise IncompleteExtractError(
             f"read {got} distinct features from {info.url} but the server counts {recount} for where "
