@@ -30,6 +30,12 @@ def _token_auth(value: str | None) -> tuple[str | None, str | None]:
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port; 0 picks a free one.")
 @click.option("--max-record-count", type=click.IntRange(min=1), default=1000, show_default=True, help="Page cap.")
 @click.option("--no-pagination", is_flag=True, help="Act as a 10.0-era layer: no resultOffset/resultRecordCount/orderByFields.")
+@click.option(
+    "--box-only",
+    is_flag=True,
+    help="Act as a layer that answers only plain and envelope queries: no counts, id lists, statistics or pagination.",
+)
+@click.option("--count-answers-features", is_flag=True, help="With --box-only: answer returnCountOnly with features.")
 @click.option("--latency-ms", type=click.IntRange(min=0), default=0, show_default=True, help="Sleep per request.")
 @click.option("--fail-rate", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help="Share of query requests that fail.")
 @click.option("--seed", type=int, default=None, help="Seed of the failure draws (same seed, same failures).")
@@ -48,6 +54,8 @@ def serve_cmd(
     port: int,
     max_record_count: int,
     no_pagination: bool,
+    box_only: bool,
+    count_answers_features: bool,
     latency_ms: int,
     fail_rate: float,
     seed: int | None,
@@ -73,11 +81,15 @@ def serve_cmd(
     user, password = _token_auth(token_auth)
     if token_ttl is not None and user is None:
         raise ConfigError("--token-ttl needs --token-auth USER:PASSWORD")
+    if count_answers_features and not box_only:
+        raise ConfigError("--count-answers-features needs --box-only")
     options = ServerOptions(
         host=host,
         port=port,
         max_record_count=max_record_count,
-        pagination=not no_pagination,
+        pagination=not (no_pagination or box_only),
+        box_only=box_only,
+        count_answers_features=count_answers_features,
         latency_ms=latency_ms,
         fail_rate=fail_rate,
         seed=seed,
