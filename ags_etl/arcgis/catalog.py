@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from ags_etl.arcgis.auth import NoAuth
+from ags_etl.arcgis.client import display_url
 from ags_etl.errors import ArcGISError, ConfigError, ServiceError
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def sanitise_filename(name: str) -> str:
     NFC-normalised; control characters (NUL included), ``/ \\ : * ? " < > |`` and runs of
     whitespace become ``_``; leading and trailing dots, spaces and ``_`` go (no ``..``, no
     hidden files, nothing Windows would trim); Windows device names (``CON``, ``nul.txt``,
-    ``COM1`` …) get a trailing ``_``; a name longer than :data:`MAX_NAME_BYTES` UTF-8 bytes
+    ``COM1`` …) get ``_`` after the device name (``CON_``, ``nul_.txt``); a name longer than :data:`MAX_NAME_BYTES` UTF-8 bytes
     is cut and ends with ``_`` + 8 hex digits of its SHA-1, so long names stay distinct.
     An empty result is ``unnamed``. Idempotent: ``sanitise_filename(sanitise_filename(x))
     == sanitise_filename(x)``. Letters of any script are kept.
@@ -97,8 +98,9 @@ def sanitise_filename(name: str) -> str:
     text = text.strip("._ ")
     if not text:
         return "unnamed"
-    if text.split(".")[0].upper() in _WINDOWS_RESERVED:
-        text += "_"
+    stem, dot, rest = text.partition(".")
+    if stem.upper() in _WINDOWS_RESERVED:  # Windows reserves "CON" with any extension too
+        text = f"{stem}_{dot}{rest}"
     encoded = text.encode("utf-8")
     if len(encoded) > MAX_NAME_BYTES:
         digest = hashlib.sha1(encoded).hexdigest()[:8]
@@ -230,7 +232,7 @@ def portal_item_url(portal: str | None, item: str) -> str:
     base = (portal or DEFAULT_PORTAL).strip().rstrip("/")
     parts = urlsplit(base)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"portal {base!r} is not an http(s) URL; give e.g. https://www.arcgis.com or https://host/portal")
+        raise ConfigError(f"portal {_display(base)!r} is not an http(s) URL; give e.g. https://www.arcgis.com or https://host/portal")
     path = re.sub(r"(?i)/sharing(/rest)?$", "", parts.path)
     return urlunsplit((parts.scheme, parts.netloc, f"{path}/sharing/rest/content/items/{item.lower()}", "", ""))
 
@@ -248,13 +250,17 @@ def _segments(url: str) -> list[str]:
 
 
 def _display(url: str) -> str:
-    parts = urlsplit(url.strip())
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    """For messages: no query string, no user:password@ (display_url)."""
+    try:
+        return display_url(url.strip())
+    except ValueError:  # a port that is no number
+        return urlsplit(url.strip()).path
 
 
 def _base(url: str) -> str:
-    """URL without query string or trailing slash."""
-    return _display(url).rstrip("/")
+    """URL without query string or trailing slash (credentials in the host part are kept: they are the user's)."""
+    parts = urlsplit(url.strip())
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")).rstrip("/")
 
 
 # --------------------------------------------------------------------------- the walk
@@ -376,7 +382,7 @@ def resolve_item(client: ArcGISClient, item: str, portal: str | None) -> str:
         raise ArcGISError(f"portal item {item!r} ({body.get('title')!r}) has no service url; give the service URL as url:")
     url = _base(url)
     if urlsplit(url).scheme not in ("http", "https"):
-        raise ArcGISError(f"portal item {item!r} has url {url!r}, which is not http(s); give the service URL as url:")
+        raise ArcGISError(f"portal item {item!r} has url {_display(url)!r}, which is not http(s); give the service URL as url:")
     if not isinstance(client.auth, NoAuth) and not same_site(item_url, url):
         raise ConfigError(
             f"portal item {item!r} points to {_display(url)!r}, on another host than the portal; this source's "
