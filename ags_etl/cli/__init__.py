@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, str] = {
     "inspect": "ags_etl.cli.inspect:inspect_cmd",
     "plugins": "ags_etl.cli.plugins:plugins_cmd",
     "pull": "ags_etl.cli.pull:pull_cmd",
+    "run": "ags_etl.cli.run:run_cmd",
     "serve": "ags_etl.cli.serve:serve_cmd",
     "validate": "ags_etl.cli.validate:validate_cmd",
 }
