@@ -11,7 +11,8 @@
 * ``statistics`` — the attributes the min/max statistics answer (None: honest);
 * ``metadata`` — keys merged into (or, with value ``DROP``, removed from) the layer JSON.
 
-Where clauses understood: ``1=1`` and ``OBJECTID >= a AND OBJECTID <= b``. ``Script.requests``
+Where clauses understood: ``1=1`` and ``OBJECTID >= a AND OBJECTID <= b``; envelopes in
+plain queries filter features, which lie at ``(oid % 100, oid % 100)``. ``Script.requests``
 counts the query requests received.
 """
 
@@ -68,12 +69,16 @@ class Script:
                 data[key] = value
         return data
 
-    def matching(self, where: str) -> list[int]:
+    def matching(self, where: str, geometry: str | None = None) -> list[int]:
         found = _RANGE.search(where)
-        if found is None:
-            return sorted(self.oids)
-        lo, hi = int(found.group(1)), int(found.group(2))
-        return [o for o in sorted(self.oids) if lo <= o <= hi]
+        oids = sorted(self.oids)
+        if found is not None:
+            lo, hi = int(found.group(1)), int(found.group(2))
+            oids = [o for o in oids if lo <= o <= hi]
+        if geometry is not None:  # an envelope as Esri JSON; feature o lies at (o % 100, o % 100)
+            box = json.loads(geometry)
+            oids = [o for o in oids if box["xmin"] <= o % 100 <= box["xmax"] and box["ymin"] <= o % 100 <= box["ymax"]]
+        return oids
 
     def page(self, oids: list[int]) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -120,7 +125,7 @@ class Script:
             size = min(int(params.get("resultRecordCount") or self.cap), self.cap)
             rows = self.matching(where)[offset : offset + size]
             return self.page(rows)
-        return self.page(self.matching(where))
+        return self.page(self.matching(where, params.get("geometry")))
 
 
 @contextlib.contextmanager
