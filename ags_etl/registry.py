@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import PackageNotFoundError, distribution, entry_points
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,7 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"plugin kind {kind!r} is not one of {', '.join(KINDS)}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _has_own_metadata() -> bool:
     try:
         distribution(DISTRIBUTION)

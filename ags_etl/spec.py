@@ -278,7 +278,7 @@ def _clean_loc(loc: Sequence[str | int], data: Any) -> Loc:
         if isinstance(node, Mapping) and part in node:
             out.append(part)
             node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):  # noqa: SIM114 - narrows part to int
             out.append(part)
             node = node[part]
         elif i == len(loc) - 1 and isinstance(node, Mapping) and isinstance(part, str) and not _is_tag(part):
