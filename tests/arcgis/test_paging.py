@@ -107,3 +107,71 @@ def test_where_and_and_helpers() -> None:
     assert paging.where_and("A = 1 OR B = 2", "OID > 3") == "(A = 1 OR B = 2) AND OID > 3"
     assert paging.missing_ids(np.array([1, 2, 3]), np.array([3, 1])).tolist() == [2]
     assert paging.first_occurrence_mask(np.array([5, 5, 6, 5])).tolist() == [True, False, True, False]
+
+
+# --------------------------------------------------------------------------- plausibility and bounds
+
+
+def test_counts_and_ids_are_checked() -> None:
+    assert paging.as_count(5, "returnCountOnly", "http://x.test") == 5
+    assert paging.as_count(5.0, "returnCountOnly", "http://x.test") == 5
+    for bad in ("abc", "5", -1, 2.5, True, None, [5], 2**53 + 1, float("nan"), 1e18):
+        with pytest.raises(PagingError, match="http://x.test answered returnCountOnly with"):
+            paging.as_count(bad, "returnCountOnly", "http://x.test")
+    for bad_ids in (["1"], [[1]], [1, [2]], [-1], [2**60], [float("inf")], "1,2", {"a": 1}, [True, False]):
+        with pytest.raises(PagingError, match="http://x.test sent"):
+            paging.normalise_ids(bad_ids, "http://x.test")
+    assert paging.normalise_ids([2**53, 0]).tolist() == [0, 2**53]
+
+
+def test_probes_that_contradict_each_other() -> None:
+    with pytest.raises(PagingError, match="min OID 9 above max OID 2"):
+        paging.check_probes(Probes(count=3, oid_min=9, oid_max=2, range_count=0), "u")
+    with pytest.raises(PagingError, match="more than the 3 ids"):
+        paging.check_probes(Probes(count=10, oid_min=1, oid_max=3, range_count=4), "u")
+    with pytest.raises(PagingError, match="only 3 in the whole query"):
+        paging.check_probes(Probes(count=3, oid_min=1, oid_max=10, range_count=4), "u")
+    paging.check_probes(Probes(count=3, ids=np.arange(7), oid_min=1, oid_max=3, range_count=3), "u")
+
+
+def test_request_budget() -> None:
+    assert paging.request_budget(Strategy.OID_LIST, 100, 10) == 4 * 10 + 16
+    assert paging.request_budget(Strategy.OFFSET, 0, 10) == 16
+    assert paging.request_budget(Strategy.OID_RANGE, 100, 10, (1, 100)) == 4 * 10 + 16  # dense: fixed windows
+    sparse = paging.request_budget(Strategy.OID_RANGE, 5, 10, (1, 10**12))
+    assert sparse is not None and sparse < 1000  # not 10**11 windows
+    assert paging.request_budget(Strategy.SPATIAL, 100, 10) is None
+    assert paging.request_budget(Strategy.BOX_SPLIT, None, 10) is None
+
+
+@pytest.mark.parametrize("ids", [[1, 2, 3, 4, 10**12], list(range(1, 200)) + [2**40], [7], list(range(0, 10**6, 997))])
+def test_window_walk_covers_sparse_ranges_in_few_windows(ids: list[int]) -> None:
+    cap = 10
+    arr = np.array(ids)
+    walk = paging.WindowWalk(int(arr.min()), int(arr.max()), cap)
+    seen: list[int] = []
+    windows = 0
+    while (window := walk.window()) is not None:
+        windows += 1
+        inside = arr[(arr >= window[0]) & (arr <= window[1])]
+        exceeded = len(inside) > cap
+        if not exceeded:
+            seen += inside.tolist()
+        walk.record(window, min(len(inside), cap), exceeded, cap)
+    assert sorted(seen) == sorted(ids)
+    budget = paging.request_budget(Strategy.OID_RANGE, len(ids), cap, (int(arr.min()), int(arr.max())))
+    assert budget is not None and windows <= budget
+
+
+def test_no_count_plans() -> None:
+    no_count = Probes(count=None, count_problem="returnCountOnly was refused (400)", ids_problem="400")
+    plan = paging.choose_strategy(layer(), no_count, 10)
+    assert plan.strategy is Strategy.BOX_SPLIT and plan.count is None
+    assert plan.unchecked is not None and "no server count" in plan.unchecked
+    assert "returnCountOnly was refused" in plan.reason and "returnIdsOnly failed" in plan.reason
+    with_ids = paging.choose_strategy(layer(), Probes(count=None, ids=np.arange(1, 8)), 10)
+    assert with_ids.strategy is Strategy.OID_LIST and with_ids.count == 7
+    with pytest.raises(ConfigError, match="needs a count"):
+        paging.choose_strategy(layer(), no_count, 10, Strategy.OFFSET)
+    with pytest.raises(PagingError, match="no usable extent"):
+        paging.choose_strategy(layer(extent={"xmin": "NaN"}), no_count, 10)
