@@ -269,7 +269,8 @@ def decode_geometry(
     if "rings" in geometry:
         rings = _vertex_lists(geometry["rings"], "rings", has_z)
         _check_rings(rings)
-        return organize_rings(rings)
+        with np.errstate(all="ignore"):  # areas of rings near ±1e308 overflow; nesting still completes
+            return organize_rings(rings)
     if "paths" in geometry:
         paths = _vertex_lists(geometry["paths"], "paths", has_z)
         for k, p in enumerate(paths):
