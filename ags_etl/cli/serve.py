@@ -1,7 +1,8 @@
 """``ags-etl serve DIR``: the data files of DIR as a local ArcGIS FeatureServer.
 
 Prints one line on stdout once it listens (``--port 0`` picks a free port; the
-line tells which) and serves until Ctrl-C or SIGTERM, then exits 0.
+line tells which) and serves until Ctrl-C or SIGTERM, then exits 0. A bind
+address other than loopback first gets a warning on stderr.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ def _token_auth(value: str | None) -> tuple[str | None, str | None]:
     help="Require tokens from /arcgis/tokens/generateToken [env AGS_ETL_SERVE_TOKEN_AUTH].",
 )
 @click.option("--token-ttl", type=click.IntRange(min=1), default=None, help="Token lifetime cap in seconds.")
+@click.option(
+    "--query-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Time limit of one query request; beyond it the query is stopped and answered with an error.",
+)
+@click.option(
+    "--cors",
+    "cors_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let web pages from ORIGIN (scheme://host[:port], or '*' for any) read answers; repeatable. Default: none.",
+)
 @handle_errors(writes_output=False)
 def serve_cmd(
     directory: Path,
@@ -61,6 +77,8 @@ def serve_cmd(
     seed: int | None,
     token_auth: str | None,
     token_ttl: int | None,
+    query_timeout: float,
+    cors_origins: tuple[str, ...],
 ) -> None:
     """Serve each .geojson/.json/.shp/.parquet file of DIRECTORY as a FeatureServer layer.
 
@@ -75,7 +93,8 @@ def serve_cmd(
     Every service and layer is also a portal item: /sharing/rest/content/items/ID
     (ID = md5 hex of "service:NAME" or "layer:NAME/ID") and /sharing/rest/search?q=TEXT.
     """
-    from ags_etl.server.app import serve
+    from ags_etl.server.app import bind_warning, serve
+    from ags_etl.server.cors import normalize_origin
     from ags_etl.server.options import ServerOptions
 
     user, password = _token_auth(token_auth)
@@ -96,9 +115,14 @@ def serve_cmd(
         token_user=user,
         token_password=password,
         token_ttl=token_ttl,
+        query_timeout=query_timeout,
+        cors_origins=tuple(dict.fromkeys(normalize_origin(o) for o in cors_origins)),
     )
+    warning = bind_warning(host)
 
     def ready(base_url: str, layers: int) -> None:
+        if warning is not None:
+            click.echo(f"ags-etl serve: warning: {warning}", err=True)
         click.echo(f"ags-etl serve: listening on {base_url}/arcgis/rest/services ({layers} layers)")
         sys.stdout.flush()
 

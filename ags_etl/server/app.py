@@ -20,11 +20,16 @@ per connection (``ThreadingHTTPServer``). The access log (logger
 ``ags_etl.server.access``, INFO, so ``ags-etl -v serve``) holds method, path,
 status, size and time — never the query string or body, where tokens and
 passwords travel.
+
+No CORS headers are sent unless ``--cors`` allows origins (cors.py). A bind
+address that is not loopback gets a warning (:func:`bind_warning`): the server
+has no access control beyond ``--token-auth`` and speaks plain HTTP.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import signal
 import socket
@@ -43,7 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 from ags_etl.errors import ConfigError
 from ags_etl.server import catalog as catalog_routes
-from ags_etl.server import metadata, portal, query
+from ags_etl.server import cors, metadata, portal, query
 from ags_etl.server.auth import TokenStore, request_token
 from ags_etl.server.catalog import Catalog, load_catalog
 from ags_etl.server.faults import FaultInjector
@@ -203,7 +208,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("POST", body)
 
     def do_OPTIONS(self) -> None:
-        self._send(Response(204, b""))
+        """CORS preflight: 204, with the Access-Control headers only for allowed origins."""
+        self._send(Response(204, b""), preflight=True)
 
     def _serve(self, method: str, body: bytes) -> None:
         started = time.perf_counter()
@@ -229,12 +235,14 @@ class _Handler(BaseHTTPRequestHandler):
             (time.perf_counter() - started) * 1000,
         )
 
-    def _send(self, response: Response) -> None:
+    def _send(self, response: Response, *, preflight: bool = False) -> None:
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
-        self.send_header("Access-Control-Allow-Origin", "*")
-        self.send_header("Access-Control-Allow-Headers", "X-Esri-Authorization, Content-Type")
+        if preflight:
+            self.send_header("Allow", cors.ALLOW_METHODS)
+        for name, value in cors.headers(self.server.app.options.cors_origins, self.headers.get("Origin"), preflight=preflight):
+            self.send_header(name, value)
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         if response.body:
@@ -267,6 +275,33 @@ class _HTTPServer(ThreadingHTTPServer):
             log.debug("connection from %s dropped: %s", client_address[0], type(exc).__name__)
             return
         log.error("error serving %s: %s\n%s", client_address[0], exc, traceback.format_exc())
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (an address or a name) can only be reached from this machine."""
+    text = host.strip().strip("[]")
+    if text.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(text, None) if text else []
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
+
+
+def bind_warning(host: str) -> str | None:
+    """The warning to print when serving on ``host`` exposes the server to other machines, else None."""
+    if is_loopback(host):
+        return None
+    shown = host if host.strip() else "all addresses"
+    return (
+        f"serving on {shown}: reachable from other machines; the server has no access control beyond "
+        "--token-auth and speaks plain HTTP (data and tokens unencrypted); use --host 127.0.0.1 to keep it local"
+    )
 
 
 def load_stores(directory: Path, workdir: Path) -> list[LayerStore]:

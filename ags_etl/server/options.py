@@ -16,6 +16,9 @@ class ServerOptions:
     ``box_only`` imitates a layer that answers nothing but plain and envelope queries
     (see faults.py; it needs ``pagination=False``); ``count_answers_features`` makes such a
     layer answer ``returnCountOnly`` with a page of features instead of refusing it.
+    ``query_timeout`` (seconds) bounds each query request's work. ``cors_origins``
+    are the browser origins given ``Access-Control-Allow-Origin`` (``"*"``: any);
+    empty, the default, sends no CORS headers.
     """
 
     host: str = "127.0.0.1"
@@ -30,6 +33,8 @@ class ServerOptions:
     token_ttl: int | None = None
     box_only: bool = False
     count_answers_features: bool = False
+    query_timeout: float = 10.0
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_record_count < 1:
@@ -42,6 +47,8 @@ class ServerOptions:
             raise ValueError("token auth needs both a user and a password")
         if self.token_ttl is not None and self.token_ttl < 1:
             raise ValueError(f"token_ttl must be at least 1 second, got {self.token_ttl}")
+        if not self.query_timeout > 0:
+            raise ValueError(f"query_timeout must be more than 0 seconds, got {self.query_timeout}")
         if self.box_only and self.pagination:
             raise ValueError("box_only needs pagination=False (a box-only layer refuses pagination)")
         if self.count_answers_features and not self.box_only:

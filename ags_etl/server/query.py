@@ -14,18 +14,26 @@ Without pagination (``--no-pagination``, a 10.0-era layer) ``resultOffset``,
 ``maxRecordCount`` rows (in OID order) come back, flagged when more match. 10.0
 itself did not send the flag; 10.1 did, and so does this server.
 
-Spatial filter: ``geometry`` (envelope ``xmin,ymin,xmax,ymax``, point ``x,y`` or
-Esri JSON of any geometry type) in ``inSR`` (or its own ``spatialReference``,
-or the layer's), reprojected to the layer CRS; the bbox index prefilters by
-envelope, then shapely tests ``esriSpatialRelIntersects`` exactly
-(``esriSpatialRelEnvelopeIntersects`` stops at the envelopes). Features whose
-envelope lies inside a query rectangle match without the exact test.
+Spatial filter: ``geometry`` (checked and reprojected by spatial_filter.py); the
+bbox index prefilters by envelope, then shapely tests ``esriSpatialRelIntersects``
+exactly (``esriSpatialRelEnvelopeIntersects`` stops at the envelopes). Features
+whose envelope lies inside a query rectangle match without the exact test.
+
+Bounds: every query request has ``--query-timeout`` seconds, counted from when
+it is parsed; SQLite statements are interrupted at the deadline (see
+storage.py) and the answer is ArcGIS's code-500 "Error performing query
+operation" naming the limit, as ArcGIS answers a query that runs out of time
+(clients retry it with smaller pages). The Python-side work around the SQL is
+bounded by the request: at most :data:`MAX_OBJECT_IDS` ids, a filter geometry of
+at most ``spatial_filter.MAX_VERTICES`` vertices, pages of at most
+maxRecordCount rows.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,14 +41,14 @@ import numpy as np
 import orjson
 import shapely
 
-from ags_etl.arcgis.esrijson import decode_geometry, encode_geometry
-from ags_etl.errors import GeometryError
+from ags_etl.arcgis.esrijson import encode_geometry
 from ags_etl.schema import Field
-from ags_etl.server import spatialref, where as where_sql
+from ags_etl.server import spatial_filter, spatialref, where as where_sql
 from ags_etl.server.faults import box_only_check
 from ags_etl.server.metadata import geometry_field_name
 from ags_etl.server.options import ServerOptions
 from ags_etl.server.protocol import QUERY_FAILED, Params, RestError, invalid_parameter, json_bytes
+from ags_etl.server.spatial_filter import SpatialFilter
 from ags_etl.server.spatialref import SpatialRef
 from ags_etl.server.storage import (
     HIT_FUNCTION,
@@ -60,18 +68,10 @@ _STATISTIC_TYPES = {"count": "count", "sum": "sum", "min": "min", "max": "max", 
 _WGS84 = 4326
 #: Above this estimated share of the layer, the envelope prefilter scans instead of using the index.
 _INDEX_SHARE = 0.2
+#: Most ids one request may list in ``objectIds`` (clients send a page's worth, ~1000).
+MAX_OBJECT_IDS = 100_000
 JSON_TYPE = "application/json; charset=utf-8"
 GEOJSON_TYPE = "application/geo+json; charset=utf-8"
-
-
-@dataclass
-class SpatialFilter:
-    """The query geometry in the layer CRS; ``rectangle`` when it equals its envelope."""
-
-    bbox: tuple[float, float, float, float]
-    geometry: shapely.Geometry
-    rectangle: bool
-    envelope_only: bool
 
 
 @dataclass
@@ -163,6 +163,10 @@ def _object_ids(params: Params) -> list[int] | None:
     value = params.get("objectIds")
     if value is None:
         return None
+    if value.count(",") >= MAX_OBJECT_IDS:
+        raise invalid_parameter(
+            "objectIds", f"{value.count(',') + 1} ids; at most {MAX_OBJECT_IDS} per request, split the list"
+        )
     ids: list[int] = []
     for raw in value.split(","):
         text = raw.strip()
@@ -178,88 +182,6 @@ def _object_ids(params: Params) -> list[int] | None:
             number = int(number)
         ids.append(number)
     return ids
-
-
-def _envelope_geometry(xmin: float, ymin: float, xmax: float, ymax: float) -> shapely.Geometry:
-    """A box; a degenerate box becomes the point or segment it is."""
-    if xmin > xmax or ymin > ymax:
-        raise invalid_parameter(
-            "geometry", f"envelope ({xmin}, {ymin}, {xmax}, {ymax}) has min > max; send xmin<=xmax and ymin<=ymax"
-        )
-    if xmin == xmax and ymin == ymax:
-        return shapely.Point(xmin, ymin)
-    if xmin == xmax or ymin == ymax:
-        return shapely.LineString([(xmin, ymin), (xmax, ymax)])
-    return shapely.box(xmin, ymin, xmax, ymax)
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(value)
-    number = float(value)
-    if number != number or number in (float("inf"), float("-inf")):
-        raise ValueError(value)
-    return number
-
-
-def _spatial_filter(store: LayerStore, params: Params) -> SpatialFilter | None:
-    raw = params.get("geometry")
-    if raw is None:
-        return None
-    if store.geometry_type is None:
-        raise invalid_parameter("geometry", "this layer is a table and has no geometry to filter on")
-    rel = params.text("spatialRel", "esriSpatialRelIntersects").strip()
-    if rel not in ("esriSpatialRelIntersects", "esriSpatialRelEnvelopeIntersects"):
-        raise invalid_parameter(
-            "spatialRel", f"{rel} is not supported here; use esriSpatialRelIntersects or esriSpatialRelEnvelopeIntersects"
-        )
-    geometry_type = params.text("geometryType", "").strip()
-    sr_value: Any = params.get("inSR")
-    geom: shapely.Geometry | None
-    text = raw.strip()
-    try:
-        if text.startswith("{"):
-            data = orjson.loads(text)
-            if not isinstance(data, dict):
-                raise ValueError(text)
-            if data.get("spatialReference"):
-                sr_value = data["spatialReference"]
-            if "xmin" in data:
-                geom = _envelope_geometry(*(_number(data.get(k)) for k in ("xmin", "ymin", "xmax", "ymax")))
-            else:
-                geom = decode_geometry(data, geometry_type or None)
-        else:
-            numbers = [_number(v) for v in text.split(",")]
-            if len(numbers) == 4:
-                geom = _envelope_geometry(*numbers)
-            elif len(numbers) == 2:
-                geom = shapely.Point(*numbers)
-            else:
-                raise ValueError(text)
-    except (ValueError, TypeError, orjson.JSONDecodeError, GeometryError) as exc:
-        raise invalid_parameter(
-            "geometry", f"expected 'xmin,ymin,xmax,ymax', 'x,y' or Esri JSON geometry, got {raw[:200]!r}"
-        ) from exc
-    if geom is None or geom.is_empty:
-        raise invalid_parameter("geometry", "the geometry is empty")
-    layer_sr = store.spatial_ref
-    in_sr = spatialref.parse(sr_value, "inSR") if sr_value is not None else layer_sr
-    rectangle = True
-    if in_sr is not None and layer_sr is not None and in_sr.key != layer_sr.key:
-        if geom.geom_type == "Polygon":
-            xmin, ymin, xmax, ymax = geom.bounds
-            geom = shapely.segmentize(geom, max(xmax - xmin, ymax - ymin) / 32)
-        geom = spatialref.transform_geometries(np.array([geom], dtype=object), in_sr, layer_sr, include_z=False)[0]
-        if not np.isfinite(shapely.get_coordinates(geom)).all():
-            raise invalid_parameter("geometry", f"the geometry cannot be projected from {in_sr.esri} to the layer's")
-        rectangle = False
-    elif in_sr is not None and layer_sr is None:
-        raise invalid_parameter("inSR", "this layer's spatial reference is unknown; send the geometry in its own CRS")
-    if geom.geom_type != "Polygon" or not shapely.equals(geom, shapely.envelope(geom)):
-        rectangle = False
-    shapely.prepare(geom)
-    bbox = tuple(float(v) for v in geom.bounds)
-    return SpatialFilter(bbox, geom, rectangle, rel == "esriSpatialRelEnvelopeIntersects")  # type: ignore[arg-type]
 
 
 def _statistics(store: LayerStore, params: Params) -> tuple[list[Statistic], list[Field]]:
@@ -321,7 +243,7 @@ def parse_query(store: LayerStore, params: Params, options: ServerOptions) -> Qu
         fmt=fmt,
         where=where,
         object_ids=_object_ids(params),
-        spatial=_spatial_filter(store, params),
+        spatial=spatial_filter.parse(params, store.geometry_type, store.spatial_ref),
         out_fields=_out_fields(store, params),
         return_geometry=params.flag("returnGeometry", True) and store.geometry_type is not None,
         out_sr=out_sr,
@@ -377,26 +299,57 @@ def _conditions(store: LayerStore, req: QueryRequest) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(parts)) if parts else "", args
 
 
+class _TimeUp(Exception):
+    """The request's deadline passed (turned into :func:`time_limit_error` by run_query)."""
+
+
+def time_limit_error(seconds: float) -> RestError:
+    """ArcGIS's answer to a query that ran out of time (code 500: clients retry with smaller pages)."""
+    return RestError(
+        500,
+        f"Error performing query operation: the query exceeded the server's time limit of {seconds:g} s",
+        [
+            "Simplify the where clause or the geometry filter, ask for fewer records (resultRecordCount), "
+            "or start the server with a larger --query-timeout."
+        ],
+    )
+
+
 def _execute(reader: Reader, sql: str, args: list[Any], spatial: SpatialFilter | None) -> list[tuple[Any, ...]]:
-    """Run one statement; SQLite errors (bad where clause …) become ArcGIS's 400 answer."""
+    """Run one statement; SQLite errors (bad where clause …) become ArcGIS's 400 answer.
+
+    A statement interrupted at the reader's deadline raises :class:`_TimeUp`.
+    """
     reader.filter_geometry = spatial.geometry if spatial is not None else None
     try:
         return reader.conn.execute(sql, args).fetchall()
     except (sqlite3.Error, OverflowError) as exc:
+        if reader.timed_out:
+            raise _TimeUp() from exc
         raise RestError(400, QUERY_FAILED, [f"'where' parameter is invalid: {exc}"]) from exc
+
 
 
 # --------------------------------------------------------------------------- answers
 
 
 def run_query(store: LayerStore, params: Params, options: ServerOptions) -> tuple[bytes, str]:
-    """Answer a query request: (body, content type). Raises RestError for invalid requests."""
+    """Answer a query request: (body, content type). Raises RestError for invalid requests,
+    and :func:`time_limit_error` when it takes more than ``options.query_timeout`` seconds."""
+    deadline = time.monotonic() + options.query_timeout
+    try:
+        return _answer(store, params, options, deadline)
+    except _TimeUp:
+        raise time_limit_error(options.query_timeout) from None
+
+
+def _answer(store: LayerStore, params: Params, options: ServerOptions, deadline: float) -> tuple[bytes, str]:
     req = parse_query(store, params, options)
     if box_only_check(params, options):  # --box-only --count-answers-features: a count answered with features
         req = replace(req, count_only=False)
     where, args = _conditions(store, req)
     pretty = req.fmt == "pjson"
-    with store.reader() as reader:
+    with store.reader(deadline) as reader:
         if req.statistics:
             return json_bytes(_statistics_answer(store, reader, req, where, args), pretty=pretty), JSON_TYPE
         if req.extent_only:
@@ -410,6 +363,8 @@ def run_query(store: LayerStore, params: Params, options: ServerOptions) -> tupl
             body = {"objectIdFieldName": store.oid_field, "objectIds": [r[0] for r in rows]}
             return json_bytes(body, pretty=pretty), JSON_TYPE
         rows, exceeded = _page(store, reader, req, where, args)
+        if reader.expired():  # no time left to encode the page
+            raise _TimeUp()
     if req.fmt == "geojson":
         return json_bytes(_geojson_answer(store, req, rows, exceeded)), GEOJSON_TYPE
     return json_bytes(_esri_answer(store, req, rows, exceeded), pretty=pretty), JSON_TYPE

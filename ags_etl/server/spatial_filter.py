@@ -89,6 +89,10 @@ def _text_number(text: str, name: str) -> float:
     return _coordinate(number, name)
 
 
+def _points(n: int) -> str:
+    return "1 point" if n == 1 else f"{n} points"
+
+
 def _check_vertex(value: Any, name: str) -> None:
     if not isinstance(value, list) or not 2 <= len(value) <= 4:
         raise invalid_geometry(f"{name} is {_show(value)}, not a vertex [x, y] (z and m optional)")
@@ -111,8 +115,8 @@ def _check_vertices(value: Any, name: str, minimum: int, what: str) -> int:
     if what == "ring" and count and value[0][:2] != value[-1][:2]:
         count += 1  # closed on decoding
     if count < minimum:
-        need = "3 distinct points (4 with the closing one)" if what == "ring" else f"{minimum} points"
-        raise invalid_geometry(f"{name} has {len(value)} points; a {what} needs at least {need}")
+        need = "3 distinct points (4 with the closing one)" if what == "ring" else _points(minimum)
+        raise invalid_geometry(f"{name} has {_points(len(value))}; a {what} needs at least {need}")
     return len(value)
 
 
@@ -179,7 +183,11 @@ def _from_text(text: str) -> shapely.Geometry:
 def _check_valid(geom: shapely.Geometry) -> None:
     reason = shapely.is_valid_reason(geom)
     if reason != "Valid Geometry":
-        raise invalid_geometry(f"{reason}; send rings that do not cross themselves or each other")
+        if geom.geom_type in ("Polygon", "MultiPolygon"):
+            fix = "send rings with an area that do not cross themselves or each other"
+        else:
+            fix = "send parts with distinct points"
+        raise invalid_geometry(f"{reason}; {fix}")
 
 
 def _reproject(geom: shapely.Geometry, in_sr: SpatialRef, layer_sr: SpatialRef) -> shapely.Geometry:
@@ -227,6 +235,8 @@ def parse(params: Params, layer_geometry_type: str | None, layer_sr: SpatialRef 
         if data.get("spatialReference"):
             sr_value = data["spatialReference"]
         geom = _from_json(data)
+    elif text.startswith("["):
+        raise invalid_geometry(f"expected 'xmin,ymin,xmax,ymax', 'x,y' or an Esri JSON object, got {_show(text)}")
     else:
         geom = _from_text(text)
     try:

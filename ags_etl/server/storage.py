@@ -18,16 +18,19 @@ one at a time). Read connections are opened read-only with ``query_only``, and
 an authorizer that allows only reads of ``features`` and a list of harmless
 functions — the guard behind user where clauses.
 
-Every borrowed connection carries a deadline: a SQLite progress handler,
-called every few thousand virtual-machine steps (and so between two calls of
-``__ags_hit``), interrupts the statement once the deadline has passed, so an
-expensive where clause stops using the CPU when its request's time is up, not
-when the statement would have finished.
+Every borrowed connection carries a deadline, so an expensive where clause
+stops using the CPU when its request's time is up, not when the statement would
+have finished: one watchdog thread interrupts (``Connection.interrupt``) the
+connections whose deadline has passed — a single step of a statement can take
+long (``replace()`` on a long string) — and a progress handler, called every
+thousand virtual-machine steps, stops any statement started after it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import sqlite3
 import threading
 import time
@@ -115,6 +118,59 @@ class Reader:
         if self.deadline is not None and time.monotonic() > self.deadline:
             self.timed_out = True
         return self.timed_out
+
+
+class _Watchdog:
+    """One daemon thread that interrupts borrowed connections at their deadline.
+
+    ``watch`` returns a ticket; after ``unwatch(ticket)`` returns, that reader is
+    never interrupted for it (both run under one lock), so a connection back in
+    the pool cannot be hit by a late interrupt.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._watched: dict[int, Reader] = {}
+        self._tickets = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, reader: Reader, deadline: float) -> int:
+        with self._cond:
+            ticket = next(self._tickets)
+            self._watched[ticket] = reader
+            heapq.heappush(self._heap, (deadline, ticket))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ags-etl-query-watchdog", daemon=True)
+                self._thread.start()
+            if self._heap[0][1] == ticket:  # earlier than what the thread waits for
+                self._cond.notify()
+            return ticket
+
+    def unwatch(self, ticket: int) -> None:
+        with self._cond:
+            self._watched.pop(ticket, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][1] not in self._watched:
+                    heapq.heappop(self._heap)  # returned in time
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                deadline, ticket = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                reader = self._watched.pop(ticket)
+                reader.timed_out = True
+                reader.conn.interrupt()
+
+
+_WATCHDOG = _Watchdog()
 
 
 @dataclass
@@ -244,9 +300,12 @@ class LayerStore:
             reader = self._open_reader()
         reader.deadline = deadline
         reader.timed_out = False
+        ticket = _WATCHDOG.watch(reader, deadline) if deadline is not None else None
         try:
             yield reader
         finally:
+            if ticket is not None:
+                _WATCHDOG.unwatch(ticket)
             reader.filter_geometry = None
             reader.deadline = None
             reader.timed_out = False
