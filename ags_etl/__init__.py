@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # type checkers see the real names; at run time they are impo
         JobReport,
         JobSpec,
         PipelineFileError,
+        PipelineRun,
         PipelineSpec,
         ProgressFactory,
         RunReport,
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # type checkers see the real names; at run time they are impo
 #: so that ``import ags_etl`` stays light; see ags_etl.api.
 _API = frozenset(
     {
-        "AgsEtlError", "ConfigError", "JobProgress", "JobReport", "JobSpec", "PipelineFileError",
+        "AgsEtlError", "ConfigError", "JobProgress", "JobReport", "JobSpec", "PipelineFileError", "PipelineRun",
         "PipelineSpec", "ProgressFactory", "RunReport", "build_pipeline", "load_pipeline",
         "make_progress", "parse_pipeline", "run_pipeline", "summary_table",
     }

@@ -26,7 +26,7 @@ from ags_etl.config import load_pipeline, parse_pipeline
 from ags_etl.errors import AgsEtlError, ConfigError, PipelineFileError
 from ags_etl.progress import JobProgress, ProgressFactory, make_progress
 from ags_etl.report import JobReport, RunReport, summary_table
-from ags_etl.runner import run_pipeline
+from ags_etl.runner import PipelineRun, run_pipeline
 from ags_etl.spec import JobSpec, PipelineSpec
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "JobReport",
     "JobSpec",
     "PipelineFileError",
+    "PipelineRun",
     "PipelineSpec",
     "ProgressFactory",
     "RunReport",

@@ -8,7 +8,7 @@ the runner before they get here, and no source URL, parameter or credential is k
 JSON layout (``report_version`` 1)::
 
     {"report_version": 1, "pipeline": "pipelines/demo.yaml", "started_at": "2024-06-11T09:00:00Z",
-     "seconds": 1.2, "exit_code": 0, "status": "ok",
+     "seconds": 1.2, "exit_code": 0, "status": "ok",            # or 1 "failed", 130 "interrupted"
      "counts": {"ok": 7, "failed": 0, "skipped": 0},
      "jobs": [{"name": "parks", "job": "parks", "status": "ok", "features_read": 40,
                "dropped_by_clip": 0, "written": 40, "pages": 2, "requests": 6, "retries": 0,
@@ -64,15 +64,24 @@ class RunReport:
     pipeline: str | None = None
     started_at: str = ""
     seconds: float = 0.0
+    #: The run was stopped (Ctrl-C, SIGTERM) before every job had its turn.
+    interrupted: bool = False
 
     @property
     def ok(self) -> bool:
-        return all(j.status == "ok" for j in self.jobs)
+        return not self.interrupted and all(j.status == "ok" for j in self.jobs)
 
     @property
     def exit_code(self) -> int:
-        """0 when every job succeeded, 1 when any failed (or was skipped after a failure)."""
+        """0 when every job succeeded, 1 when any failed (or was skipped after a failure),
+        130 when the run was interrupted — the exit code of ``ags-etl run``."""
+        if self.interrupted:
+            return 130
         return 0 if self.ok else 1
+
+    @property
+    def status(self) -> str:
+        return "interrupted" if self.interrupted else "ok" if self.ok else "failed"
 
     def counts(self) -> dict[str, int]:
         out = {"ok": 0, "failed": 0, "skipped": 0}
@@ -87,7 +96,7 @@ class RunReport:
             "started_at": self.started_at,
             "seconds": round(self.seconds, 3),
             "exit_code": self.exit_code,
-            "status": "ok" if self.ok else "failed",
+            "status": self.status,
             "counts": self.counts(),
             "jobs": [{**asdict(j), "seconds": round(j.seconds, 3)} for j in self.jobs],
         }

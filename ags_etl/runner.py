@@ -6,6 +6,9 @@
     report = run_pipeline(spec, job=None, fail_fast=False, progress=make_progress(quiet=False))
     report.exit_code, report.jobs[0].written, report.to_json()
 
+    run = PipelineRun(spec, progress=...)   # the same, keeping run.report if the run is stopped
+    run.run()
+
 Contract:
 
 * ``job`` selects the job of that name (as written in the file) and nothing else is
@@ -17,8 +20,10 @@ Contract:
 * A job that fails is reported as ``failed`` with its error message and the counts it
   reached; the others still run. With ``fail_fast`` every job after the first failure is
   reported as ``skipped`` and not started.
-* Only ``KeyboardInterrupt`` (and other non-``Exception`` exits) stop the run; any error
-  of a job, ours or a library's, becomes that job's ``failed`` entry.
+* Only ``KeyboardInterrupt`` (and other non-``Exception`` exits such as the CLI's SIGTERM)
+  stop the run; any error of a job, ours or a library's, becomes that job's ``failed``
+  entry. A stopped :class:`PipelineRun` keeps its partial report (the running job
+  ``failed`` as interrupted, the rest ``skipped``) before the exception goes on.
 * Error messages are redacted (``token=…``, ``password=…``) before they reach the report.
 """
 
@@ -28,7 +33,6 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from ags_etl.arcgis.catalog import expand_job
 from ags_etl.arcgis.client import ArcGISClient, redact
@@ -62,18 +66,55 @@ def _message(exc: BaseException) -> str:
     return redact(" ".join(text.split()))
 
 
-@dataclass
-class _Run:
-    """State of one run: the reports so far and whether a job has failed."""
+class PipelineRun:
+    """One run of a pipeline; :meth:`run` fills :attr:`report` job by job.
 
-    fail_fast: bool
-    progress: ProgressFactory
-    failed: bool = False
+    The report is kept even when the run is stopped (Ctrl-C, SIGTERM): the job that was
+    running is reported ``failed`` with an "interrupted" error and the jobs not started as
+    ``skipped``, so ``ags-etl run --report`` can still write it before the exception goes on.
+    """
 
-    def skip(self, name: str, job: str) -> JobReport:
-        return JobReport(name=name, job=job, status="skipped")
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        *,
+        job: str | None = None,
+        fail_fast: bool = False,
+        progress: ProgressFactory | None = None,
+    ) -> None:
+        self.jobs = select_jobs(spec, job)
+        self.fail_fast = fail_fast
+        self.progress = progress if progress is not None else NullProgress()
+        self.report = RunReport(jobs=[], pipeline=None if spec.path is None else str(spec.path))
+        self._failed = False
+        self._running: tuple[str, str, float] | None = None  # (name, job, start) of the layer job running
 
-    def expand(self, job: JobSpec) -> list[JobSpec]:
+    def run(self) -> RunReport:
+        """Run the selected jobs in file order; return :attr:`report`."""
+        self.report.started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        start = time.monotonic()
+        index = 0
+        try:
+            for index, job in enumerate(self.jobs):
+                for report in self._run_job(job):
+                    self.report.jobs.append(report)
+        except BaseException as exc:  # Ctrl-C / SIGTERM: record where the run stopped, then go on stopping
+            self._interrupted(exc, self.jobs[index], self.jobs[index + 1 :])
+            raise
+        finally:
+            self.report.seconds = time.monotonic() - start
+        return self.report
+
+    def _interrupted(self, exc: BaseException, current: JobSpec, not_started: list[JobSpec]) -> None:
+        self.report.interrupted = True
+        name, job, began = self._running if self._running is not None else (current.name, current.name, None)
+        self.report.jobs.append(JobReport(
+            name=name, job=job, status="failed", seconds=0.0 if began is None else time.monotonic() - began,
+            error=f"interrupted ({type(exc).__name__}); its output was not written",
+        ))
+        self.report.jobs.extend(JobReport(name=j.name, job=j.name, status="skipped") for j in not_started)
+
+    def _expand(self, job: JobSpec) -> list[JobSpec]:
         """One job per layer. Needs the network only for service/folder/item sources."""
         source = job.source
         if source.type != "arcgis":
@@ -82,16 +123,20 @@ class _Run:
         with ArcGISClient(auth=build_auth(source.auth), **client_options) as client:
             return expand_job(job, client)
 
-    def run_layer(self, layer_job: JobSpec, job_name: str) -> JobReport:
-        """Build and run one layer job; never raises an ``Exception``."""
+    def _run_layer(self, layer_job: JobSpec, job_name: str) -> JobReport:
+        """Build and run one layer job; an ``Exception`` becomes its ``failed`` report."""
         start = time.monotonic()
+        self._running = (layer_job.name, job_name, start)
         bar = self.progress.job(layer_job.name)
         pipeline: Pipeline | None = None
         try:
             pipeline = build_pipeline(layer_job, progress=bar)
             result = pipeline.run()
-        except Exception as exc:  # one job's failure, whatever its kind, must not stop the others
+        except BaseException as exc:  # one job's failure, whatever its kind, must not stop the others
             bar.finish(ok=False)
+            if not isinstance(exc, Exception):
+                raise  # Ctrl-C, SIGTERM: run() records it
+            self._running = None
             log.debug("job %s failed", layer_job.name, exc_info=True)
             report = JobReport(
                 name=layer_job.name, job=job_name, status="failed",
@@ -103,6 +148,7 @@ class _Run:
                 report.requests, report.retries = stats.requests, stats.retries
                 report.strategy, report.expected = stats.strategy or None, stats.expected
             return report
+        self._running = None
         bar.finish(ok=True)
         ex = result.extract
         return JobReport(
@@ -122,25 +168,25 @@ class _Run:
             warnings=[redact(w) for w in result.load.warnings],
         )
 
-    def run_job(self, job: JobSpec) -> Iterator[JobReport]:
+    def _run_job(self, job: JobSpec) -> Iterator[JobReport]:
         """Reports of one job as written in the file: one per layer, or one failed/skipped entry."""
-        if self.failed and self.fail_fast:
-            yield self.skip(job.name, job.name)
+        if self._failed and self.fail_fast:
+            yield JobReport(name=job.name, job=job.name, status="skipped")
             return
         try:
-            layer_jobs = self.expand(job)
+            layer_jobs = self._expand(job)
         except Exception as exc:  # a listing that fails is this job's failure only
             log.debug("job %s: expansion failed", job.name, exc_info=True)
-            self.failed = True
+            self._failed = True
             yield JobReport(name=job.name, job=job.name, status="failed", error=_message(exc))
             return
         for layer_job in layer_jobs:
-            if self.failed and self.fail_fast:
-                yield self.skip(layer_job.name, job.name)
+            if self._failed and self.fail_fast:
+                yield JobReport(name=layer_job.name, job=job.name, status="skipped")
                 continue
-            report = self.run_layer(layer_job, job.name)
+            report = self._run_layer(layer_job, job.name)
             if report.status == "failed":
-                self.failed = True
+                self._failed = True
             yield report
 
 
@@ -157,16 +203,4 @@ def run_pipeline(
     default shows nothing. Raises ConfigError only for an unknown ``job`` name; every failure
     of a job is recorded in the report instead (``report.exit_code`` is then 1).
     """
-    selected = select_jobs(spec, job)
-    started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    start = time.monotonic()
-    state = _Run(fail_fast=fail_fast, progress=progress if progress is not None else NullProgress())
-    reports: list[JobReport] = []
-    for j in selected:
-        reports.extend(state.run_job(j))
-    return RunReport(
-        jobs=reports,
-        pipeline=None if spec.path is None else str(spec.path),
-        started_at=started_at,
-        seconds=time.monotonic() - start,
-    )
+    return PipelineRun(spec, job=job, fail_fast=fail_fast, progress=progress).run()

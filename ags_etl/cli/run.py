@@ -17,7 +17,7 @@ from ags_etl.config import load_pipeline
 from ags_etl.errors import ConfigError, PipelineFileError
 from ags_etl.progress import make_progress
 from ags_etl.report import summary_table
-from ags_etl.runner import run_pipeline, select_jobs
+from ags_etl.runner import PipelineRun
 
 
 @click.command("run")
@@ -45,11 +45,13 @@ def run_cmd(file: Path, job_name: str | None, fail_fast: bool, quiet: bool, repo
     except PipelineFileError as exc:
         fail(str(exc), EXIT_CONFIG)
         return
-    select_jobs(spec, job_name)  # an unknown --job is a usage error before anything is shown
     with make_progress(quiet) as progress:
-        report = run_pipeline(spec, job=job_name, fail_fast=fail_fast, progress=progress)
-    if report_path is not None:
-        report.write_json(report_path)
+        run = PipelineRun(spec, job=job_name, fail_fast=fail_fast, progress=progress)  # unknown --job: exit 2
+        try:
+            report = run.run()
+        finally:  # also when interrupted: the report then says which job stopped and what was skipped
+            if report_path is not None:
+                run.report.write_json(report_path)
     if not quiet:
         click.echo(summary_table(report, errors=False))  # errors go to stderr below
     for j in report.jobs:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -207,6 +211,31 @@ def test_progress_bars_on_a_terminal(server: str, tmp_path: Path) -> None:
     assert "features/s" in terminal
     assert "first: started" not in terminal, "no plain lines on a terminal"
     assert "2 jobs: 2 ok" in stdout
+
+
+def test_interrupted_run_still_writes_its_report(data_dir: Path, tmp_path: Path) -> None:
+    out = out_dir(tmp_path)
+    report = tmp_path / "report.json"
+    with run_server(data_dir, "--max-record-count", "3", "--latency-ms", "100") as slow:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from ags_etl.cli import main; main()", "run", str(two_jobs(tmp_path)),
+             "--report", str(report)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "SERVER": slow, "OUT": str(out)},
+        )
+        deadline = time.monotonic() + 30
+        while not any(p.name.startswith(".") for p in out.iterdir()):  # the first job is writing
+            assert proc.poll() is None, f"the run ended before writing: {proc.communicate()}"
+            assert time.monotonic() < deadline, "the run never started writing"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert list(out.iterdir()) == [], "no output and no temp file"
+    data = json.loads(report.read_text())
+    assert [(j["name"], j["status"]) for j in data["jobs"]] == [("first", "failed"), ("second", "skipped")]
+    assert "interrupted" in data["jobs"][0]["error"]
+    assert (data["exit_code"], data["status"]) == (130, "interrupted")
 
 
 class TokenRecorder(JSONHandler):
