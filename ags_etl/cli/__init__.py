@@ -1,7 +1,9 @@
 """The ``ags-etl`` command line. One module per subcommand; errors map to exit codes here only.
 
 Exit codes: 0 success; 1 a job failed (incomplete extraction included); 2 usage error;
-75 another run holds the job's lock; 78 invalid pipeline file.
+75 another run holds the job's lock; 78 invalid pipeline file; 130 interrupted (Ctrl-C);
+143 stopped by SIGTERM (handled like Ctrl-C). Every command is wrapped in
+:func:`ags_etl.cli._common.handle_errors`, so no traceback reaches the user without ``-vv``.
 """
 
 from __future__ import annotations

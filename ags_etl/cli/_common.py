@@ -169,7 +169,7 @@ def handle_errors(fn: F | None = None, *, writes_output: bool = True) -> F | Cal
                 _stopped("stopped by SIGTERM", writes_output, EXIT_TERMINATED)
             except OSError as exc:
                 _os_error(exc)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the last resort: a bug becomes one line, not a traceback
                 _unexpected(exc)
 
         return wrapper  # type: ignore[return-value]

@@ -56,7 +56,7 @@ def inspect_cmd(
     """Show a layer's fields, count, capabilities and the paging strategy a pull would use."""
     url = validate_url(url)
     auth = build_auth(token, api_key, username, password, token_url)
-    with ArcGISClient(auth=auth, timeout=timeout) as client:
+    with ArcGISClient(auth=auth, timeout=timeout, max_response_bytes=max_response_mb * 2**20) as client:
         try:
             with FeatureLayerExtractor(url, where=where, client=client) as ext:
                 assert ext.info is not None and ext.schema is not None

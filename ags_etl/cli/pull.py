@@ -172,6 +172,7 @@ def pull_cmd(
         response_format=response_format,
         timeout=timeout,
         retries=retries,
+        max_response_bytes=max_response_mb * 2**20,
     )
     loader = loader_cls(path, overwrite=overwrite, **loader_options)
     result = Pipeline(extractor, transformers, loader).run()

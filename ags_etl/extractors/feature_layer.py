@@ -42,7 +42,7 @@ from pyproj.transformer import Transformer as ProjTransformer
 
 from ags_etl.arcgis import paging
 from ags_etl.arcgis.auth import Auth
-from ags_etl.arcgis.client import ArcGISClient, display_url
+from ags_etl.arcgis.client import DEFAULT_MAX_RESPONSE_BYTES, ArcGISClient, display_url
 from ags_etl.arcgis.esrijson import decode_features, decode_geojson_features
 from ags_etl.arcgis.layer import LayerInfo, parse_layer
 from ags_etl.arcgis.paging import Plan, Probes, Strategy
@@ -148,6 +148,7 @@ class FeatureLayerExtractor:
         response_format: str = "json",
         timeout: float = 60.0,
         retries: int = 5,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         backoff: float = 0.5,
         client: ArcGISClient | None = None,
     ) -> None:
@@ -172,7 +173,12 @@ class FeatureLayerExtractor:
         self.response_format = response_format
         self._own_client = client is None
         self.client = client or ArcGISClient(
-            auth=auth, timeout=timeout, retries=retries, backoff=backoff, pool_size=max(concurrency, 4) + 2
+            auth=auth,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            pool_size=max(concurrency, 4) + 2,
+            max_response_bytes=max_response_bytes,
         )
         self.info: LayerInfo | None = None
         self.schema: LayerSchema | None = None

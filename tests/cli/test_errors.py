@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -15,7 +16,7 @@ from tests.loopback import JSONHandler, serving
 class Recorder(JSONHandler):
     """Answers 500 to everything and records what was asked: a usage error must ask nothing."""
 
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
     lock = threading.Lock()
 
     def answer(self, path: str, params: dict[str, str]) -> tuple[int, str, bytes]:
@@ -127,3 +128,31 @@ def test_unexpected_exception_is_one_line_and_traceback_only_with_vv(
     assert "Traceback (most recent call last)" in verbose.stderr and "buggy_loader.py" in verbose.stderr
     assert verbose.stderr.rstrip().splitlines()[-1] == line
     assert not out.exists()
+
+
+class BigLayer(Layer):
+    """Layer metadata padded past 1 MB (a description field grown out of hand)."""
+
+    def answer(self, path: str, params: dict[str, str]) -> tuple[int, str, bytes]:
+        status, ctype, body = super().answer(path, params)
+        if path.endswith("/0"):
+            body = body[:-1] + b', "description": "' + b"x" * (3 * 2**20 // 2) + b'"}'
+        return status, ctype, body
+
+    def _handle(self) -> None:
+        try:
+            super()._handle()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading at its cap, as it should
+
+
+@pytest.mark.parametrize("command", ["pull", "inspect"])
+def test_max_response_mb_reaches_the_client(tmp_path: Path, command: str) -> None:
+    with serving(BigLayer) as base:
+        layer = f"{base}/arcgis/rest/services/x/FeatureServer/0"
+        output = ["-o", str(tmp_path / "x.geojson")] if command == "pull" else []
+        small = ags(command, layer, *output, "--max-response-mb", "1")
+        large = ags(command, layer, *output, "--max-response-mb", "2")
+    assert small.returncode == 1, small.stderr
+    assert "exceeded 1 MB" in one_error_line(small)
+    assert large.returncode == 0, large.stderr

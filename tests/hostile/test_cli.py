@@ -10,6 +10,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -36,7 +37,7 @@ def tmpfs(folder: Path, options: str) -> Iterator[Path]:
 class Recorder(JSONHandler):
     """Answers 500 to everything and records the paths asked for."""
 
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
     lock = threading.Lock()
 
     def answer(self, path: str, params: dict[str, str]) -> tuple[int, str, bytes]:
