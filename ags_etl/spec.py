@@ -44,6 +44,7 @@ from pydantic import (
     model_validator,
 )
 
+from ags_etl.arcgis.paging import Strategy
 from ags_etl.errors import ConfigError
 
 __all__ = [
@@ -120,7 +121,7 @@ class SourceSpec(BaseModel):
     auth: AuthSpec | None = None
     page_size: PositiveInt | None = None
     concurrency: PositiveInt = 4
-    strategy: Literal["oid-list", "offset", "oid-range", "spatial"] | None = None
+    strategy: Strategy | None = None
     timeout: PositiveFloat = 60.0
     retries: NonNegativeInt = 5
     response_format: Literal["json", "geojson"] = "json"

@@ -77,7 +77,7 @@ MISTAKES = [
      ":6: job 'a': source.page_size: Input should be a valid integer, unable to parse string as an integer (got 'lots')"),
     ("wrong-choice", "version: 1\njobs:\n  - name: a\n    source: {url: URL, strategy: fastest}\n"
      "    sink: {type: geojson, path: OUT/a.geojson}\n",
-     ":4: job 'a': source.strategy: Input should be 'oid-list', 'offset', 'oid-range' or 'spatial' (got 'fastest')"),
+     ":4: job 'a': source.strategy: Input should be 'oid-list', 'offset', 'oid-range', 'spatial' or 'box-split' (got 'fastest')"),
     ("unknown-transformer", "version: 1\njobs:\n  - name: a\n    source: {url: URL}\n    transforms:\n"
      "      - {type: buffer, distance: 5}\n    sink: {type: geojson, path: OUT/a.geojson}\n",
      ":6: job 'a': transforms[0].type: unknown transformer 'buffer'; installed: clip, fields, reproject"),
