@@ -309,8 +309,10 @@ def time_limit_error(seconds: float) -> RestError:
         500,
         f"Error performing query operation: the query exceeded the server's time limit of {seconds:g} s",
         [
-            "Simplify the where clause or the geometry filter, ask for fewer records (resultRecordCount), "
-            "or start the server with a larger --query-timeout."
+            (
+                "Simplify the where clause or the geometry filter, ask for fewer records (resultRecordCount), "
+                "or start the server with a larger --query-timeout."
+            )
         ],
     )
 

@@ -44,7 +44,13 @@ MAX_PARTS = 500
 #: it areas and lengths overflow.
 MAX_COORDINATE = 1e15
 GEOMETRY_TYPES = frozenset(
-    {"esriGeometryEnvelope", "esriGeometryPoint", "esriGeometryMultipoint", "esriGeometryPolyline", "esriGeometryPolygon"}
+    {
+        "esriGeometryEnvelope",
+        "esriGeometryPoint",
+        "esriGeometryMultipoint",
+        "esriGeometryPolyline",
+        "esriGeometryPolygon",
+    }
 )
 SPATIAL_RELATIONS = ("esriSpatialRelIntersects", "esriSpatialRelEnvelopeIntersects")
 #: Pieces each side of a reprojected polygon's envelope is cut into, so edges can bend.
@@ -247,7 +253,9 @@ def parse(params: Params, layer_geometry_type: str | None, layer_sr: SpatialRef 
             geom = _reproject(geom, in_sr, layer_sr)
             rectangle = False
         elif in_sr is not None and layer_sr is None:
-            raise invalid_parameter("inSR", "this layer's spatial reference is unknown; send the geometry in its own CRS")
+            raise invalid_parameter(
+                "inSR", "this layer's spatial reference is unknown; send the geometry in its own CRS"
+            )
         if geom.geom_type != "Polygon" or not shapely.equals(geom, shapely.envelope(geom)):
             rectangle = False
         shapely.prepare(geom)

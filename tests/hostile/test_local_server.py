@@ -55,7 +55,11 @@ def _point(i: int, name: str) -> dict[str, Any]:
 
 def _square(i: int, x: float, y: float) -> dict[str, Any]:
     ring = [[x, y], [x + 1, y], [x + 1, y + 1], [x, y + 1], [x, y]]
-    return {"type": "Feature", "properties": {"OBJECTID": i, "kind": f"sq{i}"}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+    return {
+        "type": "Feature",
+        "properties": {"OBJECTID": i, "kind": f"sq{i}"},
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +198,13 @@ BOWTIE = {"rings": [[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]}
         ({"geometry": '{"curveRings": [[[0, 0], {"c": [[1, 1], [0, 1]]}]]}'}, "true curves"),
         ({"geometry": '{"spatialReference": {"wkid": 4326}}'}, "no x/y, points, paths, rings"),
         ({"geometry": "[1, 2]"}, "an Esri JSON object"),
-        ({"geometry": '{"rings": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}' + " " * 10, "geometryType": "esriGeometryBlob"}, "geometryType"),
+        (
+            {
+                "geometry": '{"rings": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}' + " " * 10,
+                "geometryType": "esriGeometryBlob",
+            },
+            "geometryType",
+        ),
         ({"geometry": json.dumps({"points": [[i, i] for i in range(MAX_VERTICES + 1)]})}, f"at most {MAX_VERTICES}"),
     ],
 )
@@ -244,13 +254,35 @@ _VERTEX = st.lists(_NUMBERS, min_size=0, max_size=5)
 _VERTICES = st.lists(_VERTEX, max_size=8)
 _JSON = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.integers() | st.text(max_size=4),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(["x", "y", "rings", "paths", "points", "xmin", "ymin", "xmax", "ymax", "z", "spatialReference", "wkid"]) | st.text(max_size=3), inner, max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["x", "y", "rings", "paths", "points", "xmin", "ymin", "xmax", "ymax", "z", "spatialReference", "wkid"]
+            )
+            | st.text(max_size=3),
+            inner,
+            max_size=5,
+        )
+    ),
     max_leaves=20,
 )
 _SR = st.one_of(
     st.none(),
-    st.sampled_from([{"wkid": 4326}, {"wkid": 3857}, {"wkid": 102100}, {"wkid": -1}, {"wkid": 1e300}, {"wkid": "x"}, {"wkt": 5}, {"wkt": "GEOGCS"}, {"latestWkid": None}, [1]]),
+    st.sampled_from(
+        [
+            {"wkid": 4326},
+            {"wkid": 3857},
+            {"wkid": 102100},
+            {"wkid": -1},
+            {"wkid": 1e300},
+            {"wkid": "x"},
+            {"wkt": 5},
+            {"wkt": "GEOGCS"},
+            {"latestWkid": None},
+            [1],
+        ]
+    ),
 )
 _ESRI = st.one_of(
     st.fixed_dictionaries({"rings": st.lists(_VERTICES, max_size=3)}, optional={"spatialReference": _SR}),
@@ -263,18 +295,40 @@ _GEOMETRY = st.one_of(
     st.text(max_size=60),
     _JSON.map(json.dumps),
     _ESRI.map(json.dumps),
-    st.lists(st.one_of(st.floats(), st.integers(), st.text(max_size=3)), min_size=1, max_size=5).map(lambda v: ",".join(map(str, v))),
+    st.lists(st.one_of(st.floats(), st.integers(), st.text(max_size=3)), min_size=1, max_size=5).map(
+        lambda v: ",".join(map(str, v))
+    ),
 )
 _GEOMETRY_TYPE = st.one_of(
     st.none(),
-    st.sampled_from(["esriGeometryEnvelope", "esriGeometryPoint", "esriGeometryMultipoint", "esriGeometryPolyline", "esriGeometryPolygon"]),
+    st.sampled_from(
+        [
+            "esriGeometryEnvelope",
+            "esriGeometryPoint",
+            "esriGeometryMultipoint",
+            "esriGeometryPolyline",
+            "esriGeometryPolygon",
+        ]
+    ),
     st.text(max_size=20),
 )
-_IN_SR = st.one_of(st.none(), st.sampled_from(["4326", "3857", "102100", "-1", "0", "99999999", '{"wkid": 1e300}', "{bad", "[]"]), st.text(max_size=10))
+_IN_SR = st.one_of(
+    st.none(),
+    st.sampled_from(["4326", "3857", "102100", "-1", "0", "99999999", '{"wkid": 1e300}', "{bad", "[]"]),
+    st.text(max_size=10),
+)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(geometry=_GEOMETRY, geometry_type=_GEOMETRY_TYPE, in_sr=_IN_SR, layer=st.sampled_from(["squares", "many"]), fmt=st.sampled_from(["json", "geojson"]))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(
+    geometry=_GEOMETRY,
+    geometry_type=_GEOMETRY_TYPE,
+    in_sr=_IN_SR,
+    layer=st.sampled_from(["squares", "many"]),
+    fmt=st.sampled_from(["json", "geojson"]),
+)
 def test_any_geometry_parameter_is_answered_with_features_or_a_400(
     served: tuple[str, _Collect], geometry: str, geometry_type: str | None, in_sr: str | None, layer: str, fmt: str
 ) -> None:

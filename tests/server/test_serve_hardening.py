@@ -37,7 +37,12 @@ def small_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """``ags-etl serve`` as a user runs it, for option errors and --help (exits at once)."""
     return subprocess.run(
-        [sys.executable, "-m", "ags_etl.server", *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "ags_etl.server", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -173,7 +178,9 @@ def test_too_many_object_ids_are_refused(server: str) -> None:
     body = post_json(f"{layer_url(server, 'points')}/query", objectIds=ids)
     assert body["error"]["code"] == 400
     assert f"at most {MAX_OBJECT_IDS} per request" in body["error"]["details"][0]
-    ok = post_json(f"{layer_url(server, 'points')}/query", objectIds=",".join(str(i) for i in range(1, MAX_OBJECT_IDS + 1)))
+    ok = post_json(
+        f"{layer_url(server, 'points')}/query", objectIds=",".join(str(i) for i in range(1, MAX_OBJECT_IDS + 1))
+    )
     assert [f["attributes"]["OBJECTID"] for f in ok["features"]] == [1, 2, 3, 5, 8, 13, 21, 34]
 
 

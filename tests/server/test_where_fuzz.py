@@ -120,7 +120,9 @@ def check_accepted(store: LayerStore, canary: Path, sql: str) -> None:
         assert action in READ_ACTIONS, f"clause {sql!r} caused authorizer action {action} ({arg1}, {arg2})"
         if action == sqlite3.SQLITE_READ:
             assert arg1 == TABLE, f"clause {sql!r} read table {arg1!r}"
-    unlisted = {arg2.lower() for action, _, arg2 in seen if action == sqlite3.SQLITE_FUNCTION and arg2} - ALLOWED_FUNCTIONS
+    unlisted = {
+        arg2.lower() for action, _, arg2 in seen if action == sqlite3.SQLITE_FUNCTION and arg2
+    } - ALLOWED_FUNCTIONS
     error = run_guarded(store, sql)
     if unlisted:
         assert error is not None and "not authorized" in str(error), (sql, unlisted, error)
