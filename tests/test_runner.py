@@ -93,6 +93,12 @@ def test_jobs_run_in_order_with_their_counts(server: str, tmp_path: Path) -> Non
     assert (polygons.features_read, polygons.written) == (N, N)
     assert report.seconds >= max(j.seconds for j in report.jobs)
 
+    # run again: existing outputs without overwrite fail their jobs before any request; the files stay
+    before = (tmp_path / "points.parquet").read_bytes()
+    again = run_pipeline(spec(job("points", url(server, "points"), tmp_path / "points.parquet")))
+    assert [(j.status, j.requests) for j in again.jobs] == [("failed", 0)]
+    assert "exists" in (again.jobs[0].error or "") and (tmp_path / "points.parquet").read_bytes() == before
+
 
 def test_a_failed_job_does_not_stop_the_next(server: str, tmp_path: Path) -> None:
     bad = job("bad", url(server, "points"), tmp_path / "bad.geojson")

@@ -100,12 +100,6 @@ def test_all_jobs_succeed_with_summary_and_report(server: str, tmp_path: Path) -
     assert first["pages"] >= N // 5, "pages of at most 5 features"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "the report was renamed into place"
 
-    # an existing output without overwrite: that job fails (exit 1), the earlier file is kept
-    before = (out / "first.geojson").read_bytes()
-    again = ags("run", str(two_jobs(tmp_path)), "--job", "first", env={"SERVER": server, "OUT": str(out)})
-    assert again.returncode == 1
-    assert "exists" in again.stderr and (out / "first.geojson").read_bytes() == before
-
 
 def test_first_job_fails_second_written_exactly(server: str, tmp_path: Path) -> None:
     out = out_dir(tmp_path)
