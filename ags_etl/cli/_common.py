@@ -22,7 +22,7 @@ from typing import Any, TypeVar, overload
 
 import click
 
-from ags_etl.arcgis.auth import ApiKeyAuth, Auth, NoAuth, TokenAuth, UserPasswordAuth
+from ags_etl.arcgis.auth import ApiKeyAuth, Auth, NoAuth, TokenAuth, UserPasswordAuth, split_url_credentials
 from ags_etl.arcgis.client import redact
 from ags_etl.errors import AgsEtlError, ConfigError, OutputExistsError, PipelineFileError
 
@@ -213,14 +213,26 @@ PAGE_SIZE = IntAtLeast(1, "give the features per request, e.g. --page-size 1000,
 MAX_RESPONSE_MB = IntAtLeast(1, "give the largest answer to accept in MB, e.g. --max-response-mb 256")
 
 
+#: Said wherever a secret can be given: an option is visible to others, a variable is not.
+_SECRET_HINT = "prefer the variable: options show in `ps` and shell history"
+URL_CREDENTIALS_WARNING = (
+    "credentials in the URL are visible in `ps` and shell history; "
+    "use --username/--password or AGS_ETL_USERNAME/AGS_ETL_PASSWORD"
+)
+
+
 def auth_options(fn: F) -> F:
     """--token/--api-key/--username/--password (each also from AGS_ETL_* variables)."""
     opts = [
-        click.option("--token", envvar="AGS_ETL_TOKEN", help="ArcGIS token [env AGS_ETL_TOKEN]."),
-        click.option("--api-key", envvar="AGS_ETL_API_KEY", help="ArcGIS API key [env AGS_ETL_API_KEY]."),
+        click.option("--token", envvar="AGS_ETL_TOKEN", help=f"ArcGIS token [env AGS_ETL_TOKEN; {_SECRET_HINT}]."),
+        click.option(
+            "--api-key", envvar="AGS_ETL_API_KEY", help=f"ArcGIS API key [env AGS_ETL_API_KEY; {_SECRET_HINT}]."
+        ),
         click.option("--username", envvar="AGS_ETL_USERNAME", help="User name for token auth [env AGS_ETL_USERNAME]."),
         click.option(
-            "--password", envvar="AGS_ETL_PASSWORD", help="Password for token auth [env AGS_ETL_PASSWORD]."
+            "--password",
+            envvar="AGS_ETL_PASSWORD",
+            help=f"Password for token auth [env AGS_ETL_PASSWORD; {_SECRET_HINT}]; sent only to the token endpoint.",
         ),
         click.option("--token-url", help="Token endpoint, when it cannot be found from /rest/info."),
     ]
@@ -230,8 +242,29 @@ def auth_options(fn: F) -> F:
 
 
 def build_auth(
-    token: str | None, api_key: str | None, username: str | None, password: str | None, token_url: str | None
+    token: str | None,
+    api_key: str | None,
+    username: str | None,
+    password: str | None,
+    token_url: str | None,
+    url: str | None = None,
 ) -> Auth:
+    """The auth the options ask for; refuses contradictory options with ConfigError.
+
+    With ``url``, credentials written into it (``https://user:pass@host/…``) count as
+    --username/--password, with a warning that they are visible to others. Pass the URL
+    itself on as ``split_url_credentials(url)[0]``: the userinfo is never sent in a URL.
+    """
+    if url is not None:
+        _, url_username, url_password = split_url_credentials(url)
+        if url_username is not None or url_password is not None:
+            log.warning(URL_CREDENTIALS_WARNING)
+            if username and url_username is not None:
+                raise ConfigError("the URL holds a user name and --username gives another; give only one of them")
+            if password and url_password is not None:
+                raise ConfigError("the URL holds a password and --password gives another; give only one of them")
+            username = username or url_username
+            password = password or url_password
     given = [n for n, v in (("--token", token), ("--api-key", api_key), ("--username", username)) if v]
     if len(given) > 1:
         raise ConfigError(f"give only one of {', '.join(given)}")

@@ -1,15 +1,16 @@
 """Hostile servers on 127.0.0.1 for the hardening tests: each one records what it was sent.
 
 * :class:`TinyLayer` — a three-row ArcGIS table (OBJECTID, NAME) that answers metadata,
-  counts, id lists and id queries; it can demand a token, set a cookie, and redirect
+  counts, id lists, id queries and generateToken (paths with ``/missing/`` answer error
+  400, as for an unknown service); it can demand a token, set a cookie, and redirect
   some of its paths (to itself or to another server);
 * :class:`Recorder` — "the other host": records every request and answers a dummy
   layer; no credential should ever reach it;
 * :class:`SlowDrip` — sends headers, then one byte a second, forever;
-* :class:`GzipBomb` — a small gzip body that inflates to 1 GiB of zeros.
+* :class:`GzipBomb` — a 1 MB gzip body that inflates to 1 GiB of zeros.
 
 Each is a :class:`~tests.loopback.JSONHandler` subclass made by a ``*_stub`` function
-and run with :func:`~tests.loopback.serving`; what a server saw is in its
+and run with :func:`serving`; what a server saw is in its
 :class:`Log` (method, path, query, headers, body of every request).
 """
 
@@ -22,11 +23,25 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
 import orjson
 
-from tests.loopback import JSONHandler, serving
+from tests.loopback import JSONHandler
+
+
+@contextlib.contextmanager
+def serving(handler: type[JSONHandler]) -> Iterator[str]:
+    """:func:`tests.loopback.serving`, but stopped within 50 ms (these tests start many servers)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 ROWS = [{"OBJECTID": 1, "NAME": "one"}, {"OBJECTID": 2, "NAME": "two"}, {"OBJECTID": 3, "NAME": "three"}]
 COOKIE = "stubsession=cookie-secret-5f3a"
@@ -62,7 +77,7 @@ class Log:
             return "\n----\n".join(s.text() for s in self.requests)
 
 
-class _Recording(JSONHandler):
+class Recording(JSONHandler):
     log: Log
 
     def params(self) -> tuple[str, dict[str, str]]:
@@ -149,7 +164,7 @@ class Redirect:
     target: Callable[[str], str]
 
 
-class TinyLayer(_Recording):
+class TinyLayer(Recording):
     """The three-row table at ``/arcgis/rest/services/tiny/FeatureServer/0``."""
 
     token: str | None = None
@@ -161,6 +176,9 @@ class TinyLayer(_Recording):
             if path.startswith(rule.prefix):
                 self.reply(rule.status, headers={"Location": rule.target(path[len(rule.prefix) :])})
                 return
+        if "/missing/" in path:  # a service the server does not know
+            self.reply(200, _json({"error": {"code": 400, "message": "Invalid URL", "details": ["Invalid URL"]}}))
+            return
         if path.endswith("/tokens/generateToken"):
             self.reply(200, _json({"token": self.token, "expires": int(time.time() * 1000) + 3_600_000}))
             return
@@ -200,7 +218,7 @@ def recorder_stub() -> Iterator[tuple[str, Log]]:
         yield base, log
 
 
-class SlowDrip(_Recording):
+class SlowDrip(Recording):
     """Headers at once (a large Content-Length), then one byte a second until the client leaves."""
 
     def respond(self, path: str, params: dict[str, str]) -> None:
@@ -228,19 +246,25 @@ def slow_drip_stub() -> Iterator[tuple[str, Log]]:
 
 #: Size of the bomb once inflated.
 BOMB_INFLATED = 2**30
+_BOMB_MEMBER = 2**24
 
 
 @cache
 def gzip_bomb() -> bytes:
-    """A gzip stream of :data:`BOMB_INFLATED` zero bytes (about 1 MB compressed)."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: gzip header and trailer
+    """A gzip body of :data:`BOMB_INFLATED` zero bytes, about 1 MB on the wire.
+
+    Zeros are streamed through ``zlib.compressobj`` (wbits 31: gzip header and trailer)
+    into one 16 MiB gzip member, repeated: a gzip body may hold several members
+    (RFC 1952 §2.2), and every HTTP client inflates them all. Built in a fraction of
+    a second instead of compressing 1 GiB.
+    """
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
     block = bytes(2**20)
-    parts = [packer.compress(block) for _ in range(BOMB_INFLATED // len(block))]
-    parts.append(packer.flush())
-    return b"".join(parts)
+    member = b"".join(packer.compress(block) for _ in range(_BOMB_MEMBER // len(block))) + packer.flush()
+    return member * (BOMB_INFLATED // _BOMB_MEMBER)
 
 
-class GzipBomb(_Recording):
+class GzipBomb(Recording):
     """Answers every request with :func:`gzip_bomb`, ``Content-Encoding: gzip``."""
 
     def respond(self, path: str, params: dict[str, str]) -> None:
