@@ -158,7 +158,7 @@ def summary_table(report: RunReport, *, errors: bool = True) -> str:
             lines.append(f"{j.name}: warning: {w}")
     c = report.counts()
     lines.append(
-        f"{len(report.jobs)} jobs: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped "
+        f"{len(report.jobs)} job{'' if len(report.jobs) == 1 else 's'}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped "
         f"in {report.seconds:.1f} s"
     )
     return "\n".join(lines)

@@ -37,6 +37,9 @@ def run_cmd(file: Path, job_name: str | None, fail_fast: bool, quiet: bool, repo
 
     Each output appears only when its job completed. A progress bar per job is shown when
     stderr is a terminal, a line every 5 s or 10 % otherwise; a summary table ends the run.
+
+    Exit codes: 0 every job succeeded; 1 a job failed; 2 usage error; 78 invalid pipeline
+    file; 130 interrupted.
     """
     if report_path is not None and not (report_path.parent if str(report_path.parent) else Path(".")).is_dir():
         raise ConfigError(f"--report folder {str(report_path.parent)!r} does not exist; create it first")
