@@ -166,8 +166,10 @@ def _vertex_lists(value: Any, key: str, has_z: bool) -> list[np.ndarray]:
         return []
     if not isinstance(value, list):
         raise _Malformed(f"{key} is {_show(value)}, not a list of vertex lists")
-    parts = [_vertex_array(p, f"{key}[{k}]", has_z) for k, p in enumerate(value)]
-    return [p for p in parts if len(p)]
+    parts = [p for p in (_vertex_array(p, f"{key}[{k}]", has_z) for k, p in enumerate(value)) if len(p)]
+    if len({p.shape[1] for p in parts}) > 1:  # some parts with Z, some without: z = 0 where missing
+        parts = [p if p.shape[1] == 3 else np.column_stack([p, np.zeros(len(p))]) for p in parts]
+    return parts
 
 
 def _check_rings(rings: list[np.ndarray]) -> None:

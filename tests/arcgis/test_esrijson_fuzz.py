@@ -18,6 +18,8 @@ from ags_etl.errors import AgsEtlError, GeometryError
 from ags_etl.schema import Field, LayerSchema
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Round trips build pages of several geometries each: fewer examples keep them near 5 s.
+ROUND_TRIP = settings(SETTINGS, max_examples=100)
 GEOMETRY_TYPES = ["esriGeometryPoint", "esriGeometryMultipoint", "esriGeometryPolyline", "esriGeometryPolygon"]
 FIELDS = (
     Field("OBJECTID", "esriFieldTypeOID"),
@@ -182,7 +184,7 @@ def test_single_geometries_give_only_geometry_errors(geometry: Any, has_z: bool)
         pass
 
 
-@SETTINGS
+@ROUND_TRIP
 @given(page=valid_page())
 def test_valid_features_round_trip_exactly(page: tuple[LayerSchema, list[dict[str, Any]]]) -> None:
     layer, features = page

@@ -19,6 +19,8 @@ from ags_etl.schema import Field, LayerSchema
 from tests.arcgis.test_esrijson_fuzz import finite, hostile_numbers, json_values
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Round trips build pages of several geometries each: fewer examples keep them near 5 s.
+ROUND_TRIP = settings(SETTINGS, max_examples=100)
 FIELDS = (Field("OBJECTID", "esriFieldTypeOID"), Field("NAME", "esriFieldTypeString"),
           Field("WHEN", "esriFieldTypeDate"), Field("VALUE", "esriFieldTypeDouble"))
 SCHEMA = LayerSchema(FIELDS, "OBJECTID", "esriGeometryPolygon", CRS.from_epsg(4326))
@@ -89,7 +91,7 @@ def test_arbitrary_json_gives_only_our_errors(features: Any) -> None:
     assert len(batch) == len(features)
 
 
-@SETTINGS
+@ROUND_TRIP
 @given(geometries=st.lists(st.one_of(st.none(), valid_geometry()), max_size=5), names=st.lists(st.text(max_size=5)))
 def test_valid_features_round_trip_exactly(geometries: list[dict[str, Any] | None], names: list[str]) -> None:
     features = [{"type": "Feature", "id": i, "geometry": g, "properties": {"NAME": names[i] if i < len(names) else None}}
