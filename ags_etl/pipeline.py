@@ -2,7 +2,7 @@
 
 Order of work in :meth:`Pipeline.run`:
 
-1. before any network call: the loader's target is checked (folder exists, no
+1. before any network call: the loader's preflight runs (a file sink: folder exists and is writable, no
    overwrite without leave) — everything else was validated when the parts were built;
 2. layer metadata is read; each transformer is bound in order, giving the output
    schema; when the loader needs a CRS (GeoJSON/KMZ: EPSG:4326) and the stream is
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ags_etl.extractors.feature_layer import ExtractStats, FeatureLayerExtractor
-from ags_etl.loaders.base import LoadStats, Loader, check_target
+from ags_etl.loaders.base import LoadStats, Loader
 from ags_etl.schema import LayerSchema
 from ags_etl.transformers.base import Transformer
 
@@ -109,7 +109,7 @@ class Pipeline:
 
     def run(self) -> RunResult:
         start = time.monotonic()
-        check_target(self.loader.path, self.loader.overwrite)
+        self.loader.preflight()
         self._server_side()
         with self.extractor as ext:
             assert ext.schema is not None

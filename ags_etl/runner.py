@@ -164,7 +164,7 @@ class PipelineRun:
             seconds=time.monotonic() - start,
             strategy=ex.strategy or None,
             expected=ex.expected,
-            output=None if getattr(pipeline.loader, "path", None) is None else str(pipeline.loader.path),
+            output=pipeline.loader.target,
             warnings=[redact(w) for w in result.load.warnings],
         )
 

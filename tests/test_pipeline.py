@@ -156,3 +156,42 @@ def test_pull_field_options_and_server_side_reprojection(server: str, tmp_path: 
         assert (a is None) == (b is None)
         if a is not None:
             assert shapely.normalize(a).equals_exact(shapely.normalize(b), 1e-3)  # metres
+
+
+def test_a_sink_need_not_be_a_file(server: str) -> None:
+    """A sink without a path (as the feature-service loader will be) runs through the pipeline:
+    it keeps the OIDs it got and commits them only when its writer block ends without error."""
+    import contextlib
+
+    from ags_etl.loaders.base import Loader, LoaderCapabilities, LoadStats
+
+    committed: list[int] = []
+    preflights: list[bool] = []
+
+    class MemorySink(Loader):
+        name = "memory"
+        capabilities = LoaderCapabilities(extensions=())
+
+        def preflight(self) -> None:
+            preflights.append(True)
+
+        @contextlib.contextmanager
+        def open(self, schema):  # type: ignore[no-untyped-def]
+            class W:
+                stats = LoadStats()
+                got: list[int] = []
+
+                def write(self, batch) -> None:  # type: ignore[no-untyped-def]
+                    self.got.extend(batch.column(schema.oid_field).to_pylist())
+                    self.stats.features += len(batch)
+
+            w = W()
+            yield w
+            committed.extend(w.got)
+
+    sink = MemorySink()
+    assert sink.target is None and not hasattr(sink, "path")
+    result = Pipeline(FeatureLayerExtractor(url(server)), [], sink).run()
+    assert preflights == [True]
+    assert sorted(committed) == sorted(expected_rows("polygons", N))
+    assert result.load.features == N

@@ -71,19 +71,30 @@ class Writer(Protocol):
 
 
 class Loader(ABC):
-    """Base of all loaders. Subclasses set ``name`` and ``capabilities``."""
+    """Base of every sink. Subclasses set ``name`` and ``capabilities``.
+
+    A sink need not be a file (the feature-service loader writes through applyEdits): this
+    base knows nothing of paths. The pipeline calls :meth:`preflight` before any network
+    request, :meth:`check` once the output schema is known, then :meth:`open`.
+    """
 
     name: ClassVar[str]
     capabilities: ClassVar[LoaderCapabilities]
 
-    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False, **options: Any) -> None:
-        self.path = Path(path)
+    def __init__(self, *, overwrite: bool = False, **options: Any) -> None:
         self.overwrite = overwrite
         self.options = options
 
+    @property
+    def target(self) -> str | None:
+        """Where the output goes, for messages and run reports (a path or a URL), or None."""
+        return None
+
+    def preflight(self) -> None:
+        """Checks that need no schema and no network (run before the first request). Default: none."""
+
     def check(self, schema: LayerSchema) -> None:
-        """Raise if this loader cannot write ``schema`` to its target. No I/O besides stat()."""
-        check_target(self.path, self.overwrite)
+        """Raise CapabilityError if this sink cannot take ``schema``. No network, no writing."""
         caps = self.capabilities
         if not caps.supports_tables and schema.geometry_type is None:
             raise CapabilityError(
@@ -100,7 +111,32 @@ class Loader(ABC):
 
     @abstractmethod
     def open(self, schema: LayerSchema) -> contextlib.AbstractContextManager[Writer]:
-        """Open a writer for ``schema``; see the module docstring for the atomic contract."""
+        """Open a writer for ``schema``; leaving the block normally commits the output, an
+        exception leaves any earlier output as it was."""
+
+
+class FileLoader(Loader):
+    """A sink that writes one file (or file set) at ``path``, atomically.
+
+    The output is written beside the target and renamed onto it only on success (see the
+    module docstring); an existing target is replaced only with ``overwrite``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False, **options: Any) -> None:
+        super().__init__(overwrite=overwrite, **options)
+        self.path = Path(path)
+
+    @property
+    def target(self) -> str | None:
+        return str(self.path)
+
+    def preflight(self) -> None:
+        """The folder exists and is writable; no existing target without ``overwrite``."""
+        check_target(self.path, self.overwrite)
+
+    def check(self, schema: LayerSchema) -> None:
+        check_target(self.path, self.overwrite)
+        super().check(schema)
 
 
 def check_target(path: Path, overwrite: bool) -> None:

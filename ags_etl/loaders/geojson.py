@@ -66,7 +66,7 @@ from ags_etl.batch import FeatureBatch
 from ags_etl.errors import CapabilityError, ConfigError, GeometryError
 from ags_etl.loaders.base import (
     WGS84,
-    Loader,
+    FileLoader,
     LoaderCapabilities,
     LoadStats,
     atomic_file,
@@ -346,7 +346,7 @@ class GeoJSONWriter:
         self.stats.features += len(batch)
 
 
-class GeoJSONLoader(Loader):
+class GeoJSONLoader(FileLoader):
     """RFC 7946 FeatureCollection in one file (``.geojson`` / ``.json``).
 
     Options: ``precision`` (decimals kept, 0–15, default 7). See the module docstring
@@ -383,7 +383,7 @@ class GeoJSONLoader(Loader):
         writer.stats.outputs.append(self.path)
 
 
-class GeoJSONSeqLoader(Loader):
+class GeoJSONSeqLoader(FileLoader):
     """One GeoJSON Feature per line (``.geojsonl``, ``.ndjson``; ``.geojsons`` = RFC 8142 with RS).
 
     Options: ``precision`` (0–15, default 7); ``rs`` (bool: put the RFC 8142 record

@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import ConfigError, LoadError
-from ags_etl.loaders.base import Loader, LoaderCapabilities, LoadStats, atomic_file, check_batch_crs
+from ags_etl.loaders.base import FileLoader, LoaderCapabilities, LoadStats, atomic_file, check_batch_crs
 from ags_etl.schema import LayerSchema
 
 __all__ = ["DEFAULT_ROW_GROUP_BYTES", "DEFAULT_ROW_GROUP_SIZE", "GEOPARQUET_VERSION", "GeoParquetLoader"]
@@ -253,7 +253,7 @@ def _type_order(name: str) -> tuple[int, str]:
     return (order.index(base) if base in order else len(order), name)
 
 
-class GeoParquetLoader(Loader):
+class GeoParquetLoader(FileLoader):
     """Write a layer (or a table) as GeoParquet 1.1 (``.parquet``/``.geoparquet``).
 
     Options: ``row_group_size`` (int, default 65,536): rows per row group, and so the rows

@@ -65,7 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import CapabilityError, ConfigError, GeometryError, LoadError
-from ags_etl.loaders.base import WGS84, Loader, LoaderCapabilities, LoadStats, atomic_file, check_batch_crs
+from ags_etl.loaders.base import WGS84, FileLoader, LoaderCapabilities, LoadStats, atomic_file, check_batch_crs
 from ags_etl.loaders.text import (
     LSTR,
     MAGNITUDE_LIMIT,
@@ -324,7 +324,7 @@ class KMLWriter:
             )
 
 
-class KMZLoader(Loader):
+class KMZLoader(FileLoader):
     """KMZ (``.kmz``, zipped ``doc.kml``) or plain KML (``.kml``) in EPSG:4326.
 
     Options: ``name_field`` (field for ``<name>``; default the first string field,

@@ -76,7 +76,7 @@ from pyproj import CRS
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import CapabilityError, ConfigError, LoadError, OutputExistsError
 from ags_etl.loaders.base import (
-    Loader,
+    FileLoader,
     LoaderCapabilities,
     LoadStats,
     atomic_file,
@@ -788,7 +788,7 @@ def _describe(crs: CRS | None) -> str:
 # --------------------------------------------------------------------------- loader
 
 
-class ShapefileLoader(Loader):
+class ShapefileLoader(FileLoader):
     """Write a layer as an ESRI Shapefile set (``.shp`` target) or a zipped one (``.zip``).
 
     Options: ``max_part_bytes`` (int, default 2,000,000,000: size limit per ``.shp`` and
