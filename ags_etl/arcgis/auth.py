@@ -58,7 +58,7 @@ class Auth(ABC):
     """Supplies a token for requests; None means anonymous."""
 
     @abstractmethod
-    def token(self, client: "ArcGISClient", url: str) -> str | None:
+    def token(self, client: ArcGISClient, url: str) -> str | None:
         """A token valid for ``url`` now (fetching or refreshing it if needed)."""
 
     def invalidate(self) -> bool:
@@ -70,7 +70,7 @@ class Auth(ABC):
 
 
 class NoAuth(Auth):
-    def token(self, client: "ArcGISClient", url: str) -> str | None:
+    def token(self, client: ArcGISClient, url: str) -> str | None:
         return None
 
     def __repr__(self) -> str:
@@ -87,7 +87,7 @@ class TokenAuth(Auth):
             raise ValueError("an empty token was given")
         self._token = token
 
-    def token(self, client: "ArcGISClient", url: str) -> str | None:
+    def token(self, client: ArcGISClient, url: str) -> str | None:
         return self._token
 
 
@@ -129,7 +129,7 @@ class UserPasswordAuth(Auth):
     def __repr__(self) -> str:
         return f"UserPasswordAuth(username={self.username!r}, password=<redacted>)"
 
-    def _discover(self, client: "ArcGISClient", url: str) -> str:
+    def _discover(self, client: ArcGISClient, url: str) -> str:
         root = site_root(url)
         info = client.request_json(f"{root}/rest/info", {}, method="GET", authenticate=False)
         auth_info = info.get("authInfo") or {}
@@ -142,7 +142,7 @@ class UserPasswordAuth(Auth):
             return root + "/rest/generateToken"
         return root + "/tokens/generateToken"
 
-    def _fetch(self, client: "ArcGISClient", url: str) -> None:
+    def _fetch(self, client: ArcGISClient, url: str) -> None:
         if self.token_url is None:
             self.token_url = self._discover(client, url)
         data: dict[str, Any] = {
@@ -177,7 +177,7 @@ class UserPasswordAuth(Auth):
         self._expires_at = expires_at
         self._refresh_at = expires_at - min(300.0, lifetime / 10.0)
 
-    def token(self, client: "ArcGISClient", url: str) -> str | None:
+    def token(self, client: ArcGISClient, url: str) -> str | None:
         with self._lock:
             if self._token is None or time.time() >= self._refresh_at:
                 self._fetch(client, url)

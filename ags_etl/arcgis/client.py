@@ -127,7 +127,10 @@ def redirect_allowed(from_url: str, to_url: str, has_credentials: bool) -> str |
     if urlsplit(from_url).scheme.lower() == "https" and target.scheme.lower() == "http":
         return "it leaves https for http"
     if _origin(from_url) != _origin(to_url) and has_credentials:
-        return "it leads to another host and the request carries credentials, which stay with the host they were given for"
+        return (
+            "it leads to another host and the request carries credentials, "
+            "which stay with the host they were given for"
+        )
     return None
 
 
@@ -204,7 +207,7 @@ class ArcGISClient:
         self.requests_made = 0
         self.retries_made = 0
 
-    def __enter__(self) -> "ArcGISClient":
+    def __enter__(self) -> ArcGISClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -361,8 +364,9 @@ class ArcGISClient:
                         body = self._read_body(resp, deadline, url)
                     return _Answer(resp.status_code, resp.headers, body)
             target = split_url_credentials(urljoin(url, location))[0]
-            next_request = self.session.prepare_request(requests.Request(method, target, headers=headers, auth=_no_auth))
-            carries = _carries_credentials(params, next_request.headers)
+            # Prepared only to see what would go along: the session's cookies for the target.
+            hop = self.session.prepare_request(requests.Request(method, target, headers=headers, auth=_no_auth))
+            carries = _carries_credentials(params, hop.headers)
             refusal = redirect_allowed(url, target, carries)
             if refusal is not None:
                 raise ArcGISError(

@@ -205,7 +205,8 @@ def layer_stub(
 ) -> Iterator[tuple[str, Log]]:
     """Run a :class:`TinyLayer`; yield (base URL, its log)."""
     log = Log()
-    handler = type("Layer", (TinyLayer,), {"log": log, "token": token, "set_cookie": set_cookie, "redirects": redirects})
+    attrs = {"log": log, "token": token, "set_cookie": set_cookie, "redirects": redirects}
+    handler = type("Layer", (TinyLayer,), attrs)
     with serving(handler) as base:
         yield base, log
 

@@ -71,7 +71,8 @@ def test_token_endpoint_redirect_keeps_the_password(status: int, other: tuple[st
         )
     assert proc.returncode == 1, proc.stderr
     line = one_error_line(proc)
-    assert f"{base}/arcgis/tokens/generateToken redirected (HTTP {status}) to {other_base}/arcgis/tokens/generateToken" in line
+    endpoint = "/arcgis/tokens/generateToken"
+    assert f"{base}{endpoint} redirected (HTTP {status}) to {other_base}{endpoint}" in line
     assert "use the final URL directly" in line
     assert PASSWORD not in proc.stderr
     assert PASSWORD not in other_log.text() and other_log.requests == []
