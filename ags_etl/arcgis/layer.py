@@ -1,6 +1,6 @@
 """Layer metadata (``<layer>?f=json``) → :class:`LayerInfo`, with real-server quirks (pure).
 
-Quirks handled (../shared/notes/arcgis-rest.md §1, §12):
+Quirks handled (docs/reference/arcgis-rest.md §1, §12):
 
 * ``objectIdField`` absent (8 of 9 recorded servers, 10.0–10.22): the OID field is
   found by type ``esriFieldTypeOID``, wherever it stands in the list (Kent MI: index 11).
@@ -151,9 +151,11 @@ def _fields(url: str, raw: Any) -> list[dict[str, Any]]:
         if kind is not None and not isinstance(kind, str):
             raise ArcGISError(f"layer {url} gives field {f['name']!r} the type {_short(kind)}; {_FIX}")
         length = f.get("length")
-        if length is not None and (isinstance(length, bool) or not isinstance(length, int)):
-            if not (isinstance(length, float) and math.isfinite(length) and length.is_integer()):
-                raise ArcGISError(f"layer {url} gives field {f['name']!r} the length {_short(length)}; {_FIX}")
+        whole = (isinstance(length, int) and not isinstance(length, bool)) or (
+            isinstance(length, float) and math.isfinite(length) and length.is_integer()
+        )
+        if length is not None and not whole:
+            raise ArcGISError(f"layer {url} gives field {f['name']!r} the length {_short(length)}; {_FIX}")
     return raw
 
 

@@ -1,6 +1,6 @@
 """Paging decisions (pure): which strategy, what page size, which pages.
 
-The ladder (../shared/notes/design.md §4), chosen from layer metadata and cheap probes:
+The ladder (docs/reference/design.md §4), chosen from layer metadata and cheap probes:
 
 1. ``oid-list`` — ``returnIdsOnly`` (not capped by maxRecordCount, any version since
    10.0), ids sorted and cut into chunks sent as POSTed ``objectIds``. Every row

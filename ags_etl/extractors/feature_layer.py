@@ -492,7 +492,7 @@ class FeatureLayerExtractor:
         """Run the cheap requests the planner needs (count, then what the ladder asks)."""
         if self._probes is not None:
             return self._probes
-        info, schema = self._require_open()
+        _, schema = self._require_open()
         count, count_problem = self._count_answer()
         forced = self.forced
         if count is None:
