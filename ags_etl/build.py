@@ -60,6 +60,7 @@ def build_extractor(source: SourceSpec) -> Any:
         response_format=source.response_format,
         timeout=source.timeout,
         retries=source.retries,
+        max_response_bytes=source.max_response_mb * 2**20,
     )
 
 

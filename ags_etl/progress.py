@@ -64,14 +64,20 @@ class ProgressFactory(ABC):
         self.close()
 
 
-def make_progress(quiet: bool, stream: IO[str] | None = None) -> ProgressFactory:
+def make_progress(quiet: bool, stream: IO[str] | None = None, *, brief: bool = False) -> ProgressFactory:
     """The progress display for a command: nothing with ``quiet``, rich bars when ``stream``
-    (default: ``sys.stderr``) is a terminal, plain periodic lines otherwise."""
+    (default: ``sys.stderr``) is a terminal, plain periodic lines otherwise.
+
+    ``brief`` (``pull``, which prints its own closing line): plain mode writes only a line
+    every 30 s, no start, end or per-10 % lines, so a short piped run prints nothing extra.
+    """
     out = sys.stderr if stream is None else stream
     if quiet:
         return NullProgress()
     if _is_terminal(out):
         return BarProgress(out)
+    if brief:
+        return LineProgress(out, every_seconds=30.0, announce=False)
     return LineProgress(out)
 
 
@@ -178,12 +184,13 @@ class _LineJob:
         self._last_tenth = 0
         self._done = 0
         self._total: int | None = None
-        owner.write(f"{name}: started")
+        if owner.announce:
+            owner.write(f"{name}: started")
 
     def __call__(self, done: int, total: int | None) -> None:
         self._done, self._total = done, total
         now = self._owner.clock()
-        tenth = 0 if total is None or total <= 0 else min(10, done * 10 // total)
+        tenth = 0 if total is None or total <= 0 or not self._owner.announce else min(10, done * 10 // total)
         if tenth > self._last_tenth or now - self._last_line >= self._owner.every_seconds:
             self._last_tenth = max(tenth, self._last_tenth)
             self._last_line = now
@@ -204,6 +211,8 @@ class _LineJob:
         return text
 
     def finish(self, ok: bool) -> None:
+        if not self._owner.announce:
+            return
         elapsed = self._owner.clock() - self._start
         state = "done" if ok else "failed"
         self._owner.write(f"{self._name}: {state}, {self._done:,} features in {elapsed:.1f} s")
@@ -211,13 +220,20 @@ class _LineJob:
 
 class LineProgress(ProgressFactory):
     """Plain lines for logs: a start line, then a line every ``every_seconds`` or each further
-    10 % of the server's count, then an end line. ``clock`` is injectable for tests."""
+    10 % of the server's count, then an end line. With ``announce=False`` only the timed
+    lines. ``clock`` is injectable for tests."""
 
     def __init__(
-        self, stream: IO[str], *, every_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic
+        self,
+        stream: IO[str],
+        *,
+        every_seconds: float = 5.0,
+        announce: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream
         self.every_seconds = every_seconds
+        self.announce = announce
         self.clock = clock
 
     def write(self, line: str) -> None:

@@ -124,6 +124,7 @@ class SourceSpec(BaseModel):
     strategy: Strategy | None = None
     timeout: PositiveFloat = 60.0
     retries: NonNegativeInt = 5
+    max_response_mb: PositiveInt = 256
     response_format: Literal["json", "geojson"] = "json"
     layers: list[int | str] | None = Field(default=None, min_length=1)
     item: str | None = None

@@ -22,9 +22,10 @@ from typing import Any, TypeVar, overload
 
 import click
 
-from ags_etl.arcgis.auth import ApiKeyAuth, Auth, NoAuth, TokenAuth, UserPasswordAuth, split_url_credentials
+from ags_etl.arcgis.auth import Auth, split_url_credentials
 from ags_etl.arcgis.client import redact
 from ags_etl.errors import AgsEtlError, ConfigError, OutputExistsError, PipelineFileError
+from ags_etl.spec import AuthSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -241,6 +242,33 @@ def auth_options(fn: F) -> F:
     return fn
 
 
+def auth_spec(
+    token: str | None,
+    api_key: str | None,
+    username: str | None,
+    password: str | None,
+    token_url: str | None,
+) -> AuthSpec | None:
+    """The auth options as the pipeline spec's ``auth`` (None: anonymous).
+
+    Refuses contradictory options with ConfigError naming them.
+    """
+    given = [n for n, v in (("--token", token), ("--api-key", api_key), ("--username", username)) if v]
+    if len(given) > 1:
+        raise ConfigError(f"give only one of {', '.join(given)}")
+    if username:
+        if not password:
+            raise ConfigError("--username needs --password (or AGS_ETL_PASSWORD)")
+        return AuthSpec(username=username, password=password, token_url=token_url)
+    if password:
+        raise ConfigError("--password needs --username (or AGS_ETL_USERNAME)")
+    if token:
+        return AuthSpec(token=token)
+    if api_key:
+        return AuthSpec(api_key=api_key)
+    return None
+
+
 def build_auth(
     token: str | None,
     api_key: str | None,
@@ -265,20 +293,9 @@ def build_auth(
                 raise ConfigError("the URL holds a password and --password gives another; give only one of them")
             username = username or url_username
             password = password or url_password
-    given = [n for n, v in (("--token", token), ("--api-key", api_key), ("--username", username)) if v]
-    if len(given) > 1:
-        raise ConfigError(f"give only one of {', '.join(given)}")
-    if username:
-        if not password:
-            raise ConfigError("--username needs --password (or AGS_ETL_PASSWORD)")
-        return UserPasswordAuth(username, password, token_url=token_url)
-    if password:
-        raise ConfigError("--password needs --username (or AGS_ETL_USERNAME)")
-    if token:
-        return TokenAuth(token)
-    if api_key:
-        return ApiKeyAuth(api_key)
-    return NoAuth()
+    from ags_etl.build import build_auth as auth_from_spec
+
+    return auth_from_spec(auth_spec(token, api_key, username, password, token_url))
 
 
 def env_flag(name: str) -> bool:

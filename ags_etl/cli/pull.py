@@ -1,8 +1,13 @@
-"""``ags-etl pull URL -o PATH``: one layer into one file, format from the extension."""
+"""``ags-etl pull URL -o PATH``: one layer into one file, format from the extension.
+
+The options become a :class:`~ags_etl.spec.JobSpec` (the same spec a pipeline file gives) and
+:func:`~ags_etl.build.build_pipeline` builds the run; this module only parses options.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -13,15 +18,15 @@ from ags_etl.cli._common import (
     RETRIES,
     TIMEOUT,
     auth_options,
-    build_auth,
+    auth_spec,
     handle_errors,
 )
+from ags_etl.build import build_pipeline
 from ags_etl.errors import ConfigError
-from ags_etl.extractors.feature_layer import FeatureLayerExtractor
 from ags_etl.loaders.base import check_target, stale_temp_outputs
-from ags_etl.pipeline import Pipeline
-from ags_etl.registry import load, loader_name_for_path
-from ags_etl.transformers.base import Transformer
+from ags_etl.progress import make_progress
+from ags_etl.registry import loader_name_for_path
+from ags_etl.spec import JobSpec, SinkSpec, SourceSpec, TransformSpec, check_job
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -54,6 +59,71 @@ def _warn_stale_temps(path: Path) -> None:
             "of an earlier run that was killed; delete them once no other run of this job is in progress",
             err=True,
         )
+
+
+def _transforms(
+    rename: tuple[str, ...],
+    drop: str | None,
+    cast: tuple[str, ...],
+    decode_domains: bool,
+    clip: str | None,
+    clip_file: str | None,
+    clip_crs: str | None,
+    t_srs: str | None,
+    server_side_reproject: bool,
+) -> list[TransformSpec]:
+    """The transform list ``pull``'s options stand for, in the order they apply: fields, clip,
+    reproject (the same list a pipeline file would give)."""
+    out: list[TransformSpec] = []
+    renames = _pairs(rename, "--rename")
+    casts = _pairs(cast, "--cast")
+    drops = _csv(drop) if drop is not None else None
+    if renames or casts or drops or decode_domains:
+        out.append(
+            TransformSpec(
+                type="fields", rename=renames or None, drop=drops, cast=casts or None, decode_domains=decode_domains
+            )
+        )
+    if clip is not None and clip_file is not None:
+        raise ConfigError("--clip and --clip-file exclude each other; give one")
+    if clip is not None or clip_file is not None:
+        area: dict[str, Any] = {"bbox": clip} if clip is not None else {"mask": clip_file}
+        out.append(TransformSpec(type="clip", crs=clip_crs, **area))
+    elif clip_crs is not None:
+        raise ConfigError(f"--clip-crs {clip_crs!r} needs --clip or --clip-file; add one or drop --clip-crs")
+    if t_srs is not None:
+        if server_side_reproject and out:
+            raise ConfigError(
+                "--server-side-reproject cannot be combined with --clip or field options; drop one of them"
+            )
+        out.append(TransformSpec(type="reproject", to=t_srs, server_side=server_side_reproject))
+    elif server_side_reproject:
+        raise ConfigError("--server-side-reproject needs --t-srs")
+    return out
+
+
+#: transform type → the pull options that stand for it (for messages in option terms).
+_OPTION_FOR = {"fields": "--rename/--drop/--cast/--decode-domains", "clip": "--clip/--clip-file", "reproject": "--t-srs"}
+
+
+def _check(job: JobSpec) -> None:
+    """Every offline problem of the job, named by the option that caused it (ConfigError)."""
+    issues = check_job(job)
+    if not issues:
+        return
+    parts = []
+    for issue in issues:
+        loc = issue.loc
+        if len(loc) >= 2 and loc[0] == "transforms" and isinstance(loc[1], int):
+            where = _OPTION_FOR.get(job.transforms[loc[1]].type, "a transform option")
+        elif loc[:1] == ("sink",):
+            where = "-o/--format"
+        elif loc[:1] == ("source",):
+            where = "URL" if loc[1:2] == ("url",) else f"--{str(loc[1]).replace('_', '-')}" if len(loc) > 1 else "URL"
+        else:
+            where = "the options"
+        parts.append(f"{where}: {issue.message}")
+    raise ConfigError("; ".join(parts))
 
 
 @click.command("pull")
@@ -129,53 +199,42 @@ def pull_cmd(
     # Everything below is checked before the first request.
     path = Path(output)
     loader_name = loader_name_for_path(path, fmt)
-    loader_cls = load("loaders", loader_name)
-    loader_options: dict[str, str] = {}
+    sink_options: dict[str, Any] = {}
     if name_field is not None:
         if loader_name != "kmz":
             raise ConfigError(f"--name-field applies to KMZ output only, not {loader_name}; drop it")
-        loader_options["name_field"] = name_field
+        sink_options["name_field"] = name_field
     check_target(path, overwrite)
     _warn_stale_temps(path)
-    auth = build_auth(token, api_key, username, password, token_url)
-    transformers: list[Transformer] = []
-    renames = _pairs(rename, "--rename")
-    casts = _pairs(cast, "--cast")
-    drops = _csv(drop) if drop is not None else None
-    if renames or casts or drops or decode_domains:
-        fields_cls = load("transformers", "fields")
-        transformers.append(
-            fields_cls(rename=renames or None, drop=drops, cast=casts or None, decode_domains=decode_domains)
-        )
-    if clip is not None or clip_file is not None:
-        clip_cls = load("transformers", "clip")
-        transformers.append(clip_cls.from_cli(clip, clip_file, clip_crs))
-    elif clip_crs is not None:
-        raise ConfigError("--clip-crs needs --clip or --clip-file")
-    if t_srs is not None:
-        reproject_cls = load("transformers", "reproject")
-        transformers.append(reproject_cls(t_srs, server_side=server_side_reproject))
-        if server_side_reproject and transformers[0] is not transformers[-1]:
-            raise ConfigError(
-                "--server-side-reproject cannot be combined with --clip or field options; drop one of them"
-            )
-    elif server_side_reproject:
-        raise ConfigError("--server-side-reproject needs --t-srs")
-    extractor = FeatureLayerExtractor(
-        url,
-        where=where,
-        fields=_csv(fields),
-        auth=auth,
-        page_size=page_size,
-        concurrency=concurrency,
-        strategy=strategy,
-        response_format=response_format,
-        timeout=timeout,
-        retries=retries,
-        max_response_bytes=max_response_mb * 2**20,
+    job = JobSpec(
+        name="pull",
+        source=SourceSpec(
+            url=url,
+            where=where,
+            fields=_csv(fields),
+            auth=auth_spec(token, api_key, username, password, token_url),
+            page_size=page_size,
+            concurrency=concurrency,
+            strategy=strategy,
+            response_format=response_format,
+            timeout=timeout,
+            retries=retries,
+            max_response_mb=max_response_mb,
+        ),
+        transforms=_transforms(
+            rename, drop, cast, decode_domains, clip, clip_file, clip_crs, t_srs, server_side_reproject
+        ),
+        sink=SinkSpec(type=loader_name, path=str(path), overwrite=overwrite, **sink_options),
     )
-    loader = loader_cls(path, overwrite=overwrite, **loader_options)
-    result = Pipeline(extractor, transformers, loader).run()
+    _check(job)
+    with make_progress(quiet, brief=True) as progress:
+        bar = progress.job(path.name)
+        try:
+            result = build_pipeline(job, progress=bar).run()
+        except BaseException:
+            bar.finish(ok=False)
+            raise
+        bar.finish(ok=True)
     if not quiet:
         ex = result.extract
         extra = "".join(f", {k} {v}" for k, v in result.transform_counters.items() if v)
