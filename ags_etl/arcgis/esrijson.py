@@ -579,7 +579,9 @@ def decode_features(features: list[dict[str, Any]], schema: LayerSchema, crs: CR
 
 
 _MISSING: Any = object()
-_SHAPE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, shapely.errors.ShapelyError)
+_SHAPE_ERRORS = (
+    ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, shapely.errors.ShapelyError
+)
 
 
 def _geojson_geometry(g: Any) -> shapely.Geometry | None:
