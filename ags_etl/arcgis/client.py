@@ -34,7 +34,10 @@ decided by the pure :func:`redirect_allowed`:
 ``timeout`` is a deadline for the whole request: connecting, every redirect hop
 and every byte of the body. The body is streamed; a server that trickles it past
 the deadline is abandoned (``no complete answer within N s``) and retried like a
-timeout. The body is counted after decompression and may not exceed
+timeout. (Limit: the status line and headers are read by http.client; there every
+single read is bounded by what remains of the deadline, but a server trickling its
+*headers* one byte at a time is bounded per read, not in total.) The body is
+counted after decompression and may not exceed
 ``max_response_bytes``: a larger answer (a gzip bomb, or a page far beyond any
 real one) stops the read at that size with a non-retried :class:`ArcGISError`,
 so memory stays bounded.
