@@ -12,12 +12,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ags_etl.arcgis.auth import ApiKeyAuth, Auth, NoAuth, TokenAuth, UserPasswordAuth
+import logging
+
+from ags_etl.arcgis.auth import ApiKeyAuth, Auth, NoAuth, TokenAuth, UserPasswordAuth, split_url_credentials
+from ags_etl.arcgis.client import display_url
 from ags_etl.errors import ConfigError
 from ags_etl.pipeline import Pipeline
 from ags_etl.spec import LAYER_PLACEHOLDER, AuthSpec, JobSpec, SourceSpec, check_job, make_plugin
 
-__all__ = ["build_auth", "build_extractor", "build_pipeline"]
+__all__ = ["URL_CREDENTIALS_WARNING", "build_auth", "build_extractor", "build_pipeline"]
+
+log = logging.getLogger(__name__)
+
+#: Logged when a URL carries ``user:pass@``.
+URL_CREDENTIALS_WARNING = (
+    "credentials in the URL are visible in `ps` and shell history; use --username/--password "
+    "or AGS_ETL_USERNAME/AGS_ETL_PASSWORD"
+)
 
 #: Placeholders that only ``expand_job`` can fill (it knows the layer and service names).
 _PLACEHOLDERS = (LAYER_PLACEHOLDER, "{service}")
@@ -49,11 +60,12 @@ def build_extractor(source: SourceSpec) -> Any:
             "build_pipeline takes a job whose source is one layer URL; expand a service, "
             "layers: selection or portal item first with ags_etl.arcgis.catalog.expand_job"
         )
+    url, auth = _url_and_auth(source)
     return cls(
-        source.url,
+        url,
         where=source.where,
         fields=source.fields,
-        auth=build_auth(source.auth),
+        auth=auth,
         page_size=source.page_size,
         concurrency=source.concurrency,
         strategy=source.strategy,
@@ -62,6 +74,32 @@ def build_extractor(source: SourceSpec) -> Any:
         retries=source.retries,
         max_response_bytes=source.max_response_mb * 2**20,
     )
+
+
+def _url_and_auth(source: SourceSpec) -> tuple[str, Auth]:
+    """The layer URL without ``user:pass@`` and the auth to use.
+
+    Credentials written into the URL are accepted as username/password with a warning (they
+    show in ``ps``, shell history and pipeline files); they are never sent inside a URL.
+    """
+    assert source.url is not None
+    from ags_etl.extractors.feature_layer import validate_url
+
+    url, username, password = split_url_credentials(source.url)
+    validate_url(url)  # a URL that cannot be a layer fails before the warning below
+    if username is None and password is None:
+        return url, build_auth(source.auth)
+    log.warning(URL_CREDENTIALS_WARNING)
+    if source.auth is not None:
+        raise ConfigError(
+            f"layer URL {display_url(url)} holds credentials and auth gives others; keep only the auth ones"
+        )
+    if not username or not password:
+        raise ConfigError(
+            f"layer URL {display_url(url)} holds a user name or password but not both; "
+            "give both with --username/--password (or auth: {username, password})"
+        )
+    return url, UserPasswordAuth(username, password)
 
 
 def build_pipeline(job: JobSpec, *, progress: Callable[[int, int | None], None] | None = None) -> Pipeline:

@@ -25,6 +25,8 @@ import click
 from ags_etl.arcgis.auth import Auth, split_url_credentials
 from ags_etl.arcgis.client import redact
 from ags_etl.errors import AgsEtlError, ConfigError, OutputExistsError, PipelineFileError
+from ags_etl.build import URL_CREDENTIALS_WARNING
+from ags_etl.build import build_auth as auth_from_spec
 from ags_etl.spec import AuthSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -216,10 +218,6 @@ MAX_RESPONSE_MB = IntAtLeast(1, "give the largest answer to accept in MB, e.g. -
 
 #: Said wherever a secret can be given: an option is visible to others, a variable is not.
 _SECRET_HINT = "prefer the variable: options show in `ps` and shell history"
-URL_CREDENTIALS_WARNING = (
-    "credentials in the URL are visible in `ps` and shell history; "
-    "use --username/--password or AGS_ETL_USERNAME/AGS_ETL_PASSWORD"
-)
 
 
 def auth_options(fn: F) -> F:
@@ -293,8 +291,6 @@ def build_auth(
                 raise ConfigError("the URL holds a password and --password gives another; give only one of them")
             username = username or url_username
             password = password or url_password
-    from ags_etl.build import build_auth as auth_from_spec
-
     return auth_from_spec(auth_spec(token, api_key, username, password, token_url))
 
 

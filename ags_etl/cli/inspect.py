@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ags_etl.arcgis.client import ArcGISClient, display_url
+from ags_etl.arcgis.auth import split_url_credentials
 from ags_etl.cli._common import MAX_RESPONSE_MB, TIMEOUT, auth_options, build_auth, handle_errors
 from ags_etl.crs import describe_crs
 from ags_etl.errors import ArcGISError, NotALayerError
@@ -55,7 +56,8 @@ def inspect_cmd(
 ) -> None:
     """Show a layer's fields, count, capabilities and the paging strategy a pull would use."""
     url = validate_url(url)
-    auth = build_auth(token, api_key, username, password, token_url)
+    auth = build_auth(token, api_key, username, password, token_url, url=url)
+    url = split_url_credentials(url)[0]  # the userinfo is never sent inside a URL
     with ArcGISClient(auth=auth, timeout=timeout, max_response_bytes=max_response_mb * 2**20) as client:
         try:
             with FeatureLayerExtractor(url, where=where, client=client) as ext:

@@ -179,6 +179,9 @@ class TinyLayer(Recording):
         if "/missing/" in path:  # a service the server does not know
             self.reply(200, _json({"error": {"code": 400, "message": "Invalid URL", "details": ["Invalid URL"]}}))
             return
+        if path.endswith("/rest/info"):  # public on ArcGIS Server: token discovery falls back to /tokens
+            self.reply(200, _json({"currentVersion": 11.1}))
+            return
         if path.endswith("/tokens/generateToken"):
             self.reply(200, _json({"token": self.token, "expires": int(time.time() * 1000) + 3_600_000}))
             return

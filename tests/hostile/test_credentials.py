@@ -137,6 +137,9 @@ def test_password_in_the_url_is_never_printed_nor_sent_in_a_url(tmp_path: Path) 
         assert PASSWORD not in proc.stderr and "ags:" not in proc.stderr, proc.stderr
     assert missing.returncode == 1
     assert f"{base}/arcgis/rest/services/missing/FeatureServer/0" in missing.stderr
+    # Credentials in the URL are used (as username/password, with a warning), never sent in a URL.
+    assert pulled.returncode == 0, pulled.stderr
+    assert "credentials in the URL are visible" in pulled.stderr
     for seen in log.requests:
         assert "Authorization" not in seen.headers, "userinfo must not become Basic auth"
         if PASSWORD in seen.text():  # only the token endpoint may see it, in a POST body
