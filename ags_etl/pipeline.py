@@ -68,7 +68,7 @@ class Pipeline:
         self.progress = progress
 
     def _bind(self, schema: LayerSchema) -> LayerSchema:
-        from ags_etl.transformers.reproject import Reproject
+        from ags_etl.registry import load
 
         for t in self.transformers:
             schema = t.bind(schema)
@@ -80,7 +80,7 @@ class Pipeline:
         ):
             if schema.crs is None:
                 return schema  # loader.check explains that the CRS is unknown
-            asked = [t for t in self.transformers if isinstance(t, Reproject)]
+            asked = [crs for crs in (t.requested_crs() for t in self.transformers) if crs is not None]
             if asked:
                 # The user asked for a CRS this format cannot hold: say so instead of
                 # silently reprojecting on to the required CRS.
@@ -90,12 +90,12 @@ class Pipeline:
                 fmt = _FIXED_CRS_FORMATS.get(self.loader.name, self.loader.name)
                 raise CapabilityError(
                     f"{fmt} holds {required.to_string()} coordinates only; --t-srs "
-                    f"{describe_crs(asked[-1].target_crs)} cannot be honoured: drop --t-srs (features are "
+                    f"{describe_crs(asked[-1])} cannot be honoured: drop --t-srs (features are "
                     f"reprojected to {required.to_string()} automatically), or write GeoParquet (.parquet) "
                     f"or a shapefile (.shp), which keep any CRS"
                 )
             log.info("%s needs %s: reprojecting from %s", self.loader.name, required.to_string(), schema.crs.name)
-            auto = Reproject(required)
+            auto = load("transformers", "reproject")(required)
             schema = auto.bind(schema)
             self.transformers.append(auto)
         return schema

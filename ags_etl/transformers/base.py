@@ -43,6 +43,13 @@ class Transformer(ABC):
         """
         return None
 
+    def requested_crs(self) -> CRS | None:
+        """The CRS the user asked this transformer to produce (a reprojection's target), or None.
+
+        The pipeline refuses a sink that cannot hold it rather than reprojecting on silently.
+        """
+        return None
+
     def server_side_crs(self) -> CRS | None:
         """A CRS the server should deliver (``outSR``) instead of this transformer working.
 

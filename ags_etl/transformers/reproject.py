@@ -105,6 +105,10 @@ class Reproject(BaseTransformer):
         """The CRS batches come out in."""
         return self._target
 
+    def requested_crs(self) -> CRS | None:
+        """The target CRS (the user asked for it)."""
+        return self._target
+
     def server_side_crs(self) -> CRS | None:
         """The target CRS when ``server_side`` asks the server for ``outSR``, else None."""
         return self._target if self.server_side else None
