@@ -17,7 +17,7 @@ Usage::
     with koop_server(tmp) as base:
         layer = koop_layer_url(base, "parks")  # .../file-geojson/rest/services/parks/FeatureServer/0
 
-Where Koop differs from ArcGIS Server (see /work/shared/notes/koop.md): it never enforces
+Where Koop differs from ArcGIS Server (see docs/reference/koop.md): it never enforces
 maxRecordCount, ``exceededTransferLimit`` only means "more rows after this page" when
 ``resultRecordCount`` is given, rows come in file order unless ``orderByFields`` is set, and
 multipolygon holes are listed before their exterior ring.

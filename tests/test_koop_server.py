@@ -2,7 +2,7 @@
 
 Koop is the third-party FeatureServer other tests pull from; these tests check that it starts,
 serves a file written by ``write_koop_geojson`` with our object ids, field types and page
-limit, and pages the way /work/shared/notes/koop.md describes (Koop 10.4.19 stack). They skip
+limit, and pages the way docs/reference/koop.md describes (Koop 10.4.19 stack). They skip
 only when Node.js is absent; missing npm packages fail with the ``npm ci`` command to run.
 """
 

@@ -2,7 +2,7 @@
 
 Koop 10.4 (featureserver 9.3) differs from ArcGIS in ways that break naive clients:
 it never enforces maxRecordCount, returns ids unsorted, lists multipolygon holes before
-their exteriors and ignores resultOffset without resultRecordCount (../shared/notes/koop.md).
+their exteriors and ignores resultOffset without resultRecordCount (docs/reference/koop.md).
 """
 
 from __future__ import annotations
