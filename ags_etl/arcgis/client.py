@@ -11,7 +11,8 @@ Contract of :meth:`ArcGISClient.request_json`:
 * timeouts, connection resets, HTTP 429 and 5xx are retried ``retries`` times
   with exponential backoff and full jitter (``Retry-After`` honoured), then raise
   :class:`TransientError`;
-* TLS verification is always on;
+* TLS verification is always on, against ``ca_bundle`` when given (see
+  :func:`ca_bundle_for`); there is no way to turn it off;
 * tokens go in the POST body and the ``X-Esri-Authorization`` header, never in
   a URL; every URL in a message or log line passes through :func:`redact`, which
   also hides userinfo (``user:pass@``); userinfo is never sent in a URL, and
@@ -31,6 +32,14 @@ decided by the pure :func:`redirect_allowed`:
   followed to another origin;
 * https → http: always refused.
 
+Proxies (:func:`proxies_for`, decided again for every request and every redirect hop): a
+``proxy`` given to the client (``--proxy``, ``proxy:``) carries every request and the
+environment's proxy variables are ignored; without it ``HTTP_PROXY``/``HTTPS_PROXY``/
+``ALL_PROXY`` and ``NO_PROXY`` (either case) apply as requests reads them. Credentials in a
+proxy URL (``http://user:pass@proxy:3128``) go to the proxy only, as ``Proxy-Authorization``
+(in the ``CONNECT`` for https targets), and are hidden in every message like any userinfo.
+Nothing else is read from the environment: ``~/.netrc`` never becomes an ``Authorization``.
+
 ``timeout`` is a deadline for the whole request: connecting, every redirect hop
 and every byte of the body. The body is streamed; a server that trickles it past
 the deadline is abandoned (``no complete answer within N s``) and retried like a
@@ -47,8 +56,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import re
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -93,6 +104,9 @@ DEFAULT_MAX_RESPONSE_BYTES = 256 * 2**20
 #: deadline is checked at least every ``timeout`` seconds even when a server trickles.
 _CHUNK = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Environment variables naming a CA bundle, in the order they are consulted when no
+#: ``ca_bundle`` is given (the first two as requests reads them; SSL_CERT_FILE as OpenSSL does).
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 
 
 def redact(text: str) -> str:
@@ -137,6 +151,87 @@ def redirect_allowed(from_url: str, to_url: str, has_credentials: bool) -> str |
     return None
 
 
+def check_proxy_url(proxy: str) -> str:
+    """``proxy`` when it is an ``http://`` or ``https://`` URL of a proxy (host, optional port and
+    ``user:pass@``, no path or query); else :class:`ConfigError` (the value shown redacted)."""
+    parts = urlsplit(proxy)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if (
+        parts.scheme.lower() not in _DEFAULT_PORTS
+        or not parts.hostname
+        or not port_ok
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigError(
+            f"--proxy {redact(proxy)!r} is not a proxy URL; give http://host:port or https://host:port, "
+            f"with user:pass@ before the host if the proxy asks for credentials"
+        )
+    return proxy
+
+
+def proxies_for(url: str, proxy: str | None) -> dict[str, str]:
+    """The requests ``proxies`` mapping for one request to ``url``.
+
+    With ``proxy`` (``--proxy``/``proxy:``) every request goes through it, whatever the
+    environment says. Without it, the environment decides for this URL as requests reads it:
+    ``NO_PROXY``/``no_proxy`` first (an empty mapping: direct), then ``HTTP_PROXY``,
+    ``HTTPS_PROXY``, ``ALL_PROXY`` (lowercase preferred).
+    """
+    if proxy is not None:
+        return {"http": proxy, "https": proxy}
+    return dict(requests.utils.get_environ_proxies(url))
+
+
+def ca_bundle_for(ca_bundle: str | None, environ: Mapping[str, str]) -> str | None:
+    """The CA bundle to verify servers against: ``ca_bundle`` if given, else the first non-empty
+    one of :data:`CA_BUNDLE_VARIABLES` in ``environ``, else None (certifi's bundle).
+
+    Checked before any request: a path that is neither a file nor a directory, or a file that
+    holds no PEM certificate, is a :class:`ConfigError` naming where the path came from.
+    """
+    source = "--ca-bundle"
+    path = ca_bundle
+    if path is None:
+        for name in CA_BUNDLE_VARIABLES:
+            if environ.get(name):
+                source, path = name, environ[name]
+                break
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        return path
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"{source} {path!r} does not exist; give the path of a PEM file of CA certificates "
+            f"(TLS verification cannot be turned off)"
+        )
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{source} {path!r} holds no readable PEM certificate ({exc}); give a PEM file of CA certificates"
+        ) from exc
+    return path
+
+
+class _VerifyingAdapter(requests.adapters.HTTPAdapter):
+    """An HTTPAdapter that verifies every TLS connection it makes.
+
+    requests decides verification by the request URL's scheme, so the TLS connection to an
+    ``https://`` proxy that forwards a plain ``http://`` request would go unverified; here any
+    pool that speaks TLS is verified against the same CA bundle.
+    """
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        tls = getattr(conn, "scheme", "") == "https"
+        super().cert_verify(conn, "https://" if tls else url, verify, cert)
+
+
 def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
     """An auth hook that adds nothing: with it, requests neither reads ``~/.netrc`` nor turns
     URL userinfo into an ``Authorization`` header."""
@@ -168,9 +263,12 @@ class ArcGISClient:
     ``timeout`` is the deadline in seconds for each attempt of a request (connect,
     redirects and the whole body); ``retries`` the number of re-tries after the first
     attempt for transient failures; ``backoff`` the base delay; ``max_response_bytes``
-    the largest answer accepted, counted after decompression. A ``timeout`` that is not
-    a positive number, negative ``retries`` or a ``max_response_bytes`` below 1 raise
-    :class:`ConfigError` naming the option.
+    the largest answer accepted, counted after decompression; ``proxy`` the proxy URL for
+    every request (else the environment's, see :func:`proxies_for`); ``ca_bundle`` a PEM file
+    (or directory) of CA certificates to verify servers against (else the environment's, see
+    :func:`ca_bundle_for`). A ``timeout`` that is not a positive number, negative ``retries``,
+    a ``max_response_bytes`` below 1, a ``proxy`` that is not an http(s) URL or a ``ca_bundle``
+    that is missing raise :class:`ConfigError` naming the option.
     """
 
     def __init__(
@@ -184,6 +282,8 @@ class ArcGISClient:
         user_agent: str = USER_AGENT,
         pool_size: int = 16,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        proxy: str | None = None,
+        ca_bundle: str | None = None,
     ) -> None:
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise ConfigError(f"--timeout must be a number of seconds above 0, got {timeout!r}; e.g. --timeout 60")
@@ -193,6 +293,9 @@ class ArcGISClient:
             raise ConfigError(
                 f"--max-response-mb must be at least 1 MB, got {max_response_bytes!r} bytes; e.g. --max-response-mb 256"
             )
+        self.proxy = check_proxy_url(proxy) if proxy is not None else None
+        #: Passed as requests' ``verify``: a CA bundle path, or True for certifi's; never False.
+        self.verify: str | bool = ca_bundle_for(ca_bundle, os.environ) or True
         self.auth = auth if auth is not None else NoAuth()
         self.timeout = float(timeout)
         self.retries = retries
@@ -200,11 +303,13 @@ class ArcGISClient:
         self.max_backoff = max_backoff
         self.max_response_bytes = max_response_bytes
         self.session = requests.Session()
-        # trust_env stays on for proxies and REQUESTS_CA_BUNDLE; every request carries the
-        # no-op auth hook, so ~/.netrc is never read.
-        self.session.verify = True
+        # Proxies and the CA bundle are read from the environment here (proxies_for,
+        # ca_bundle_for), not by requests: with trust_env off ~/.netrc is never read, and every
+        # request also carries the no-op auth hook.
+        self.session.trust_env = False
+        self.session.verify = self.verify
         self.session.headers["User-Agent"] = user_agent
-        adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+        adapter = _VerifyingAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.requests_made = 0
@@ -301,6 +406,8 @@ class ArcGISClient:
                 raise TransientError(f"{where} answered HTTP {status} {attempt + 1} times; try again later")
             if status in (498, 499):
                 raise TokenError(_token_message(status, where))
+            if status == 407:
+                raise ArcGISError(_proxy_refused(self._proxy_of(url)))
             if status == 404:
                 raise ArcGISError(f"{where} was not found (HTTP 404); check the URL")
             if status >= 400:
@@ -388,15 +495,35 @@ class ArcGISClient:
         if remaining <= 0:
             raise _Broken(f"no complete answer within {self.timeout:g} s", reached=True)
         assert prepared.url is not None
-        settings = self.session.merge_environment_settings(prepared.url, {}, True, None, None)
+        proxies = proxies_for(prepared.url, self.proxy)  # per hop: NO_PROXY may send a redirect direct
         try:
             self.requests_made += 1
-            return self.session.send(prepared, timeout=(remaining, remaining), allow_redirects=False, **settings)
+            return self.session.send(
+                prepared,
+                timeout=(remaining, remaining),
+                allow_redirects=False,
+                stream=True,
+                verify=self.verify,
+                proxies=proxies,
+                cert=None,
+            )
         except requests.exceptions.SSLError as exc:
             raise ArcGISError(
                 f"TLS verification failed for {display_url(prepared.url)}: "
-                f"{redact(str(exc).splitlines()[0])[:200]}; "
-                f"fix the server certificate or install its CA (REQUESTS_CA_BUNDLE); verification stays on"
+                f"{_tls_reason(exc)}; fix the server certificate, or give its CA with --ca-bundle "
+                f"(ca_bundle:, REQUESTS_CA_BUNDLE); verification stays on"
+            ) from exc
+        except requests.exceptions.ProxyError as exc:
+            proxy = requests.utils.select_proxy(prepared.url, proxies) or ""
+            if "407" in str(exc):
+                raise ArcGISError(_proxy_refused(proxy)) from exc
+            if "[SSL" in str(exc):  # the TLS handshake with an https:// proxy
+                raise ArcGISError(
+                    f"TLS verification failed for proxy {display_url(proxy)}: {_tls_reason(exc)}; "
+                    f"give the proxy's CA with --ca-bundle (ca_bundle:, REQUESTS_CA_BUNDLE); verification stays on"
+                ) from exc
+            raise _Broken(
+                f"proxy {display_url(proxy)}: {_connection_reason(exc, self.timeout)}", reached=False
             ) from exc
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             reached = isinstance(exc, requests.exceptions.ReadTimeout) or "remotedisconnected" in str(exc).lower()
@@ -436,6 +563,28 @@ class ArcGISClient:
                     f"answer from {host} exceeded {self.max_response_bytes / 2**20:g} MB after decompression; "
                     f"lower --page-size, or raise --max-response-mb if the layer really has pages this large"
                 )
+
+
+    def _proxy_of(self, url: str) -> str:
+        """The proxy a request to ``url`` goes through ("" when direct)."""
+        return requests.utils.select_proxy(url, proxies_for(url, self.proxy)) or ""
+
+
+def _proxy_refused(proxy: str) -> str:
+    shown = display_url(proxy) if proxy else "the proxy"
+    return (
+        f"proxy {shown} refused the request (HTTP 407 Proxy Authentication Required); "
+        f"give its user and password in the proxy URL, e.g. --proxy http://USER:PASS@host:port "
+        f"(or in HTTPS_PROXY/HTTP_PROXY)"
+    )
+
+
+def _tls_reason(exc: requests.exceptions.RequestException) -> str:
+    """The certificate problem of a failed handshake, short (urllib3 wraps it in the URL)."""
+    text = str(exc)
+    match = re.search(r"\[SSL: [A-Z_]+\][^')\"(]*", text)
+    reason = match.group(0).strip() if match is not None else text.splitlines()[0]
+    return redact(reason)[:200]
 
 
 def _carries_credentials(params: Mapping[str, Any], headers: Mapping[str, Any]) -> bool:
