@@ -43,7 +43,7 @@ import shapely
 
 from ags_etl.arcgis.esrijson import encode_geometry
 from ags_etl.schema import Field
-from ags_etl.server import spatial_filter, spatialref, where as where_sql
+from ags_etl.server import pbf, spatial_filter, spatialref, where as where_sql
 from ags_etl.server.faults import box_only_check
 from ags_etl.server.metadata import geometry_field_name
 from ags_etl.server.options import ServerOptions
@@ -63,7 +63,7 @@ from ags_etl.server.storage import (
     quote,
 )
 
-FORMATS = ("json", "pjson", "geojson")
+FORMATS = ("json", "pjson", "geojson", "pbf")
 _STATISTIC_TYPES = {"count": "count", "sum": "sum", "min": "min", "max": "max", "avg": "avg"}
 _WGS84 = 4326
 #: Above this estimated share of the layer, the envelope prefilter scans instead of using the index.
@@ -349,6 +349,8 @@ def _answer(store: LayerStore, params: Params, options: ServerOptions, deadline:
     req = parse_query(store, params, options)
     if box_only_check(params, options):  # --box-only --count-answers-features: a count answered with features
         req = replace(req, count_only=False)
+    if req.fmt == "pbf":
+        pbf.check_request(params, req.return_z, bool(req.statistics), req.extent_only)
     where, args = _conditions(store, req)
     pretty = req.fmt == "pjson"
     with store.reader(deadline) as reader:
@@ -358,10 +360,14 @@ def _answer(store: LayerStore, params: Params, options: ServerOptions, deadline:
             return json_bytes(_extent_answer(store, reader, req, where, args), pretty=pretty), JSON_TYPE
         if req.count_only:
             rows = _execute(reader, f"SELECT count(*) FROM {TABLE}{where}", args, req.spatial)
+            if req.fmt == "pbf":
+                return pbf.count_result(rows[0][0]), pbf.PBF_TYPE
             return json_bytes({"count": rows[0][0]}, pretty=pretty), JSON_TYPE
         if req.ids_only:
             oid = quote(store.oid_field)
             rows = _execute(reader, f"SELECT {oid} FROM {TABLE}{where} ORDER BY {oid}", args, req.spatial)
+            if req.fmt == "pbf":
+                return pbf.ids_result(store.oid_field, [r[0] for r in rows]), pbf.PBF_TYPE
             body = {"objectIdFieldName": store.oid_field, "objectIds": [r[0] for r in rows]}
             return json_bytes(body, pretty=pretty), JSON_TYPE
         rows, exceeded = _page(store, reader, req, where, args)
@@ -369,6 +375,8 @@ def _answer(store: LayerStore, params: Params, options: ServerOptions, deadline:
             raise _TimeUp()
     if req.fmt == "geojson":
         return json_bytes(_geojson_answer(store, req, rows, exceeded)), GEOJSON_TYPE
+    if req.fmt == "pbf":
+        return _pbf_answer(store, req, rows, exceeded, params), pbf.PBF_TYPE
     return json_bytes(_esri_answer(store, req, rows, exceeded), pretty=pretty), JSON_TYPE
 
 
@@ -459,6 +467,24 @@ def _esri_answer(store: LayerStore, req: QueryRequest, rows: list[tuple[Any, ...
     if exceeded:
         body["exceededTransferLimit"] = True
     return body
+
+
+def _pbf_answer(
+    store: LayerStore, req: QueryRequest, rows: list[tuple[Any, ...]], exceeded: bool, params: Params
+) -> bytes:
+    """The page as a FeatureCollection protocol buffer (see pbf.py), from the same rows as JSON."""
+    target = req.out_sr or store.spatial_ref
+    geoms = _geometries(store, req, rows, target) if req.return_geometry else None
+    return pbf.feature_result(
+        oid_field=store.oid_field,
+        fields=req.out_fields,
+        rows=rows,
+        geoms=geoms,
+        geometry_type=store.geometry_type if req.return_geometry else None,
+        spatial_reference=dict(target.esri) if target is not None and req.return_geometry else None,
+        exceeded=exceeded,
+        params=params,
+    )
 
 
 def _geojson_answer(store: LayerStore, req: QueryRequest, rows: list[tuple[Any, ...]], exceeded: bool) -> dict[str, Any]:
