@@ -334,9 +334,17 @@ class ArcGISClient:
         """Query request, form-encoded POST (long where clauses and objectIds lists fit)."""
         return self.request_json(url, dict(data), method="POST")
 
+    def post_binary(self, url: str, data: Mapping[str, Any]) -> bytes:
+        """Query request answered in a binary format (``f=pbf``): the raw body. An answer that
+        starts like JSON is read as JSON, so ArcGIS error bodies raise as they do for :meth:`post`."""
+        answer = self.request_json(url, dict(data), method="POST", binary=True)
+        if not isinstance(answer, bytes):
+            raise ArcGISError(f"{display_url(url)} answered JSON where {data.get('f')} was asked for")
+        return answer
+
     def request_json(
-        self, url: str, params: dict[str, Any], *, method: str = "POST", authenticate: bool = True
-    ) -> dict[str, Any]:
+        self, url: str, params: dict[str, Any], *, method: str = "POST", authenticate: bool = True, binary: bool = False
+    ) -> Any:
         url = split_url_credentials(url)[0]  # userinfo is never sent (nor shown)
         params = {k: _form_value(v) for k, v in params.items() if v is not None}
         params.setdefault("f", "json")
@@ -351,7 +359,7 @@ class ArcGISClient:
                     headers["X-Esri-Authorization"] = f"Bearer {token}"
                     send_method = "POST"  # keep the token out of the URL
             try:
-                return self._with_retries(send_method, url, params, headers)
+                return self._with_retries(send_method, url, params, headers, binary)
             except TokenError:
                 if authenticate and not refreshed and self.auth.invalidate():
                     refreshed = True
@@ -369,7 +377,9 @@ class ArcGISClient:
         self.retries_made += 1
         time.sleep(delay)
 
-    def _with_retries(self, method: str, url: str, params: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    def _with_retries(
+        self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], binary: bool = False
+    ) -> Any:
         where = display_url(url)
         last: str = ""
         for attempt in range(self.retries + 1):
@@ -412,6 +422,8 @@ class ArcGISClient:
                 raise ArcGISError(f"{where} was not found (HTTP 404); check the URL")
             if status >= 400:
                 raise ArcGISError(f"{where} answered HTTP {status}; check the URL and parameters")
+            if binary and not bytes(resp.body[:64]).lstrip().startswith(b"{"):
+                return bytes(resp.body)  # a protocol buffer never starts with "{" (field 15, wire type 3)
             try:
                 body = orjson.loads(resp.body)
             except orjson.JSONDecodeError as exc:
