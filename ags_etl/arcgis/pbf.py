@@ -46,8 +46,9 @@ import pyarrow as pa
 import shapely
 
 from ags_etl.arcgis.esrijson import decode_attributes, organize_rings
+from ags_etl.arcgis.layer import LayerInfo
 from ags_etl.batch import FeatureBatch
-from ags_etl.errors import ArcGISError
+from ags_etl.errors import ArcGISError, ConfigError
 from ags_etl.schema import LayerSchema
 
 #: Content type Esri and Koop send with ``f=pbf`` answers.
@@ -489,7 +490,81 @@ def decode_features(data: bytes, schema: LayerSchema) -> tuple[FeatureBatch, boo
     return result.batch, result.exceeded
 
 
-# --------------------------------------------------------------------------- checks
+# --------------------------------------------------------------------------- choice and checks
+
+#: Values of ``response_format`` (``--response-format``): ``auto`` takes PBF when the layer lists it.
+RESPONSE_FORMATS = ("json", "geojson", "pbf", "auto")
+
+
+@dataclass(frozen=True)
+class FormatChoice:
+    """The response format a pull uses and why; ``check``: compare PBF with JSON on a sample page first."""
+
+    format: str
+    reason: str
+    check: bool = False
+    forced: bool = False
+    tolerance: float | None = None
+
+
+def choose_format(requested: str, info: LayerInfo) -> FormatChoice:
+    """The format for ``requested`` (json, geojson, pbf or auto) on this layer, before any page.
+
+    ``auto`` takes PBF when the layer lists it in ``supportedQueryFormats`` and has no Z or M
+    (not decoded from PBF), and a geometry layer has an extent to quantise against; JSON
+    otherwise. ``pbf`` forces it even when not listed. Either way PBF is checked against
+    JSON on a sample page (``check``). Raises ConfigError for an unknown format, or ``pbf``
+    on a layer with Z or M values.
+    """
+    if requested not in RESPONSE_FORMATS:
+        raise ConfigError(f"--response-format {requested!r} is not one of {', '.join(RESPONSE_FORMATS)}")
+    listed = "pbf" in info.query_formats
+    schema = info.schema
+    if requested in ("json", "geojson"):
+        also = "; the layer also offers PBF (--response-format auto uses it)" if listed and requested == "json" else ""
+        return FormatChoice(requested, f"{requested} as asked{also}")
+    zm = "Z" if schema.has_z else "M" if schema.has_m else None
+    if requested == "pbf":
+        if zm is not None:
+            raise ConfigError(
+                f"--response-format pbf: layer {info.url} has {zm} values, which are not read from PBF answers; "
+                f"use --response-format json"
+            )
+        note = "" if listed else " although the layer does not list PBF in supportedQueryFormats"
+        return FormatChoice("pbf", f"pbf as asked{note}; checked against JSON on the first page", True, True)
+    if not listed:
+        return FormatChoice("json", "json: the layer does not list PBF in supportedQueryFormats")
+    if zm is not None:
+        return FormatChoice("json", f"json: the layer lists PBF but has {zm} values, which are not read from PBF")
+    if schema.geometry_type is not None and info.extent is None:
+        return FormatChoice("json", "json: the layer lists PBF but gives no extent to quantise coordinates against")
+    return FormatChoice("pbf", "pbf: the layer lists PBF; checked against JSON on the first page", True)
+
+
+def settle(choice: FormatChoice, difference: str | None, tolerance: float | None, url: str) -> FormatChoice:
+    """The format after comparing a sample PBF page with JSON (``difference`` None: they agree).
+
+    Agreement keeps PBF; a difference falls back to JSON, or, when PBF was forced, raises
+    ArcGISError naming the difference.
+    """
+    within = f" within {tolerance:g}" if tolerance is not None else ""
+    if difference is None:
+        return FormatChoice("pbf", f"{choice.reason}: the first page agreed{within}", False, choice.forced, tolerance)
+    if choice.forced:
+        raise ArcGISError(
+            f"{url}: the f=pbf answer differs from f=json on the first page ({difference}); "
+            f"use --response-format json"
+        )
+    return FormatChoice("json", f"json: the first PBF page differed from JSON ({difference})", False, False, tolerance)
+
+
+def sample_params(info: LayerInfo, rows: int = 100) -> dict[str, Any]:
+    """Extra parameters of the sample page asked in both formats: the first ``rows`` by OID when
+    the server pages, else whatever one page holds (the same rows in both answers)."""
+    oid = info.schema.oid_field
+    if info.supports_pagination and oid is not None:
+        return {"resultRecordCount": rows, "orderByFields": f"{oid} ASC"}
+    return {}
 
 
 def quantization_parameters(extent: tuple[float, float, float, float], sr: dict[str, Any] | None) -> dict[str, Any]:
@@ -507,14 +582,22 @@ def quantization_parameters(extent: tuple[float, float, float, float], sr: dict[
     return {"mode": "edit", "originPosition": "upperLeft", "tolerance": tolerance, "extent": box}
 
 
-def compare(pbf: FeatureBatch, json: FeatureBatch, tolerance: float) -> str | None:
+def _by_oid(batch: FeatureBatch, oid_field: str | None) -> FeatureBatch:
+    if oid_field is None or oid_field not in batch.column_names or batch.column(oid_field).null_count:
+        return batch
+    return batch.take(np.argsort(batch.column(oid_field).to_numpy(zero_copy_only=False), kind="stable"))
+
+
+def compare(pbf: FeatureBatch, json: FeatureBatch, tolerance: float, oid_field: str | None = None) -> str | None:
     """Where a PBF page differs from the JSON page of the same query, or None when they agree.
 
-    Attributes must be exactly equal; geometries equal within ``tolerance`` per coordinate
-    (quantisation is lossy), after normalising ring order and orientation.
+    Rows are matched by ``oid_field`` when given (else by position). Attributes must be
+    exactly equal; geometries equal within ``tolerance`` per coordinate (quantisation is
+    lossy), after normalising ring order and orientation.
     """
     if len(pbf) != len(json):
         return f"PBF sent {len(pbf)} features, JSON {len(json)}"
+    pbf, json = _by_oid(pbf, oid_field), _by_oid(json, oid_field)
     if not pbf.attributes.equals(json.attributes):
         for name in json.column_names:
             a, b = pbf.column(name), json.column(name)
