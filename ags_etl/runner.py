@@ -36,7 +36,7 @@ from collections.abc import Iterator
 
 from ags_etl.arcgis.catalog import expand_job
 from ags_etl.arcgis.client import ArcGISClient, redact
-from ags_etl.build import build_auth, build_pipeline
+from ags_etl.build import build_auth, build_pipeline, network_options
 from ags_etl.errors import AgsEtlError, ConfigError
 from ags_etl.extractors.feature_layer import ExtractStats
 from ags_etl.pipeline import Pipeline
@@ -120,7 +120,7 @@ class PipelineRun:
         if source.type != "arcgis":
             return [job]  # another extractor's source names what it reads itself
         client_options = {k: getattr(source, k) for k in ("timeout", "retries") if getattr(source, k, None) is not None}
-        with ArcGISClient(auth=build_auth(source.auth), **client_options) as client:
+        with ArcGISClient(auth=build_auth(source.auth), **client_options, **network_options(source)) as client:
             return expand_job(job, client)
 
     def _run_layer(self, layer_job: JobSpec, job_name: str) -> JobReport:

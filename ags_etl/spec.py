@@ -18,7 +18,7 @@ Built from Python::
     )
     problems = check_job(job)   # [] when it can be built
 
-Secrets (``auth``) are :class:`pydantic.SecretStr`: they print as ``**********``.
+Secrets (``auth``, ``source.proxy``) are :class:`pydantic.SecretStr`: they print as ``**********``.
 """
 
 from __future__ import annotations
@@ -125,6 +125,8 @@ class SourceSpec(BaseModel):
     timeout: PositiveFloat = 60.0
     retries: NonNegativeInt = 5
     max_response_mb: PositiveInt = 256
+    proxy: SecretStr | None = None  # may hold user:pass@, so a secret
+    ca_bundle: str | None = None
     response_format: Literal["json", "geojson"] = "json"
     layers: list[int | str] | None = Field(default=None, min_length=1)
     item: str | None = None

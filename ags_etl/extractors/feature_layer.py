@@ -150,6 +150,8 @@ class FeatureLayerExtractor:
         retries: int = 5,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         backoff: float = 0.5,
+        proxy: str | None = None,
+        ca_bundle: str | None = None,
         client: ArcGISClient | None = None,
     ) -> None:
         self.url = validate_url(url)
@@ -179,6 +181,8 @@ class FeatureLayerExtractor:
             backoff=backoff,
             pool_size=max(concurrency, 4) + 2,
             max_response_bytes=max_response_bytes,
+            proxy=proxy,
+            ca_bundle=ca_bundle,
         )
         self.info: LayerInfo | None = None
         self.schema: LayerSchema | None = None
