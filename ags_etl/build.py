@@ -20,7 +20,7 @@ from ags_etl.errors import ConfigError
 from ags_etl.pipeline import Pipeline
 from ags_etl.spec import LAYER_PLACEHOLDER, AuthSpec, JobSpec, SourceSpec, check_job, make_plugin
 
-__all__ = ["URL_CREDENTIALS_WARNING", "build_auth", "build_extractor", "build_pipeline"]
+__all__ = ["URL_CREDENTIALS_WARNING", "build_auth", "build_extractor", "build_pipeline", "network_options"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,12 @@ def build_auth(auth: AuthSpec | None) -> Auth:
     if auth.username is not None and auth.password is not None:
         return UserPasswordAuth(auth.username, auth.password.get_secret_value(), token_url=auth.token_url)
     raise ConfigError("auth needs one of {username, password}, {token} or {api_key}")
+
+
+def network_options(source: SourceSpec) -> dict[str, Any]:
+    """The ``proxy`` and ``ca_bundle`` keyword arguments of ArcGISClient for ``source``."""
+    proxy = source.proxy.get_secret_value() if source.proxy is not None else None
+    return {"proxy": proxy, "ca_bundle": source.ca_bundle}
 
 
 def build_extractor(source: SourceSpec) -> Any:
@@ -73,6 +79,7 @@ def build_extractor(source: SourceSpec) -> Any:
         timeout=source.timeout,
         retries=source.retries,
         max_response_bytes=source.max_response_mb * 2**20,
+        **network_options(source),
     )
 
 

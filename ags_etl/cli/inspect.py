@@ -40,6 +40,12 @@ def _service_summary(client: ArcGISClient, url: str) -> dict[str, Any]:
     "--max-response-mb", type=MAX_RESPONSE_MB, default=256, show_default=True,
     help="Refuse a server answer larger than this (MB).",
 )
+@click.option(
+    "--proxy", metavar="URL",
+    help="Proxy for every request, http://[USER:PASS@]host:port (default: HTTPS_PROXY/HTTP_PROXY and NO_PROXY; "
+    "the variables keep proxy credentials out of ps and shell history).",
+)
+@click.option("--ca-bundle", metavar="PATH", help="PEM file of CA certificates to verify servers against.")
 @auth_options
 @handle_errors(writes_output=False)
 def inspect_cmd(
@@ -48,6 +54,8 @@ def inspect_cmd(
     as_json: bool,
     timeout: float,
     max_response_mb: int,
+    proxy: str | None,
+    ca_bundle: str | None,
     token: str | None,
     api_key: str | None,
     username: str | None,
@@ -58,7 +66,9 @@ def inspect_cmd(
     url = validate_url(url)
     auth = build_auth(token, api_key, username, password, token_url, url=url)
     url = split_url_credentials(url)[0]  # the userinfo is never sent inside a URL
-    with ArcGISClient(auth=auth, timeout=timeout, max_response_bytes=max_response_mb * 2**20) as client:
+    with ArcGISClient(
+        auth=auth, timeout=timeout, max_response_bytes=max_response_mb * 2**20, proxy=proxy, ca_bundle=ca_bundle
+    ) as client:
         try:
             with FeatureLayerExtractor(url, where=where, client=client) as ext:
                 assert ext.info is not None and ext.schema is not None

@@ -155,6 +155,12 @@ def _check(job: JobSpec) -> None:
     "--max-response-mb", type=MAX_RESPONSE_MB, default=256, show_default=True,
     help="Refuse a server answer larger than this (MB).",
 )
+@click.option(
+    "--proxy", metavar="URL",
+    help="Proxy for every request, http://[USER:PASS@]host:port (default: HTTPS_PROXY/HTTP_PROXY and NO_PROXY; "
+    "the variables keep proxy credentials out of ps and shell history).",
+)
+@click.option("--ca-bundle", metavar="PATH", help="PEM file of CA certificates to verify servers against.")
 @click.option("--name-field", help="KMZ: the field that names each placemark (default: the first string field).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (only once the new one is complete).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
@@ -182,6 +188,8 @@ def pull_cmd(
     timeout: float,
     retries: int,
     max_response_mb: int,
+    proxy: str | None,
+    ca_bundle: str | None,
     name_field: str | None,
     overwrite: bool,
     quiet: bool,
@@ -220,6 +228,8 @@ def pull_cmd(
             timeout=timeout,
             retries=retries,
             max_response_mb=max_response_mb,
+            proxy=proxy,
+            ca_bundle=ca_bundle,
         ),
         transforms=_transforms(
             rename, drop, cast, decode_domains, clip, clip_file, clip_crs, t_srs, server_side_reproject
