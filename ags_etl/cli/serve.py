@@ -63,6 +63,35 @@ def _token_auth(value: str | None) -> tuple[str | None, str | None]:
     metavar="ORIGIN",
     help="Let web pages from ORIGIN (scheme://host[:port], or '*' for any) read answers; repeatable. Default: none.",
 )
+@click.option(
+    "--editable",
+    is_flag=True,
+    help="Allow edits: applyEdits, addFeatures, updateFeatures, deleteFeatures (POST), kept across restarts.",
+)
+@click.option(
+    "--store",
+    "store_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="With --editable: folder of the layer stores [default: DIRECTORY/.ags_etl_serve].",
+)
+@click.option(
+    "--drop-edit-answers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="With --editable: close the connection unanswered after committing each of the first N edit requests.",
+)
+@click.option(
+    "--edit-answer-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --editable: wait this long between committing an edit request and answering it.",
+)
 @handle_errors(writes_output=False)
 def serve_cmd(
     directory: Path,
@@ -79,6 +108,10 @@ def serve_cmd(
     token_ttl: int | None,
     query_timeout: float,
     cors_origins: tuple[str, ...],
+    editable: bool,
+    store_dir: Path | None,
+    drop_edit_answers: int,
+    edit_answer_delay: float,
 ) -> None:
     """Serve each .geojson/.json/.shp/.parquet file of DIRECTORY as a FeatureServer layer.
 
@@ -92,6 +125,16 @@ def serve_cmd(
 
     Every service and layer is also a portal item: /sharing/rest/content/items/ID
     (ID = md5 hex of "service:NAME" or "layer:NAME/ID") and /sharing/rest/search?q=TEXT.
+
+    Read-only unless --editable. With --editable every layer gets a GlobalID field
+    and the editor-tracking fields CreationDate, Creator, EditDate, Editor (set by
+    the server; Creator/Editor = the --token-auth user, else "ags-etl"), object ids
+    are never reused, and the layers live in SQLite stores in the --store folder:
+    edits survive a restart. At start a store is reused when its source file is
+    unchanged (size, mtime and SHA-256 recorded in the store); a changed source
+    rebuilds it and its edits are dropped. Delete the store folder to start over.
+    --drop-edit-answers and --edit-answer-delay imitate lost and slow answers to
+    committed edits.
     """
     from ags_etl.server.app import bind_warning, serve
     from ags_etl.server.cors import normalize_origin
@@ -102,6 +145,11 @@ def serve_cmd(
         raise ConfigError("--token-ttl needs --token-auth USER:PASSWORD")
     if count_answers_features and not box_only:
         raise ConfigError("--count-answers-features needs --box-only")
+    if not editable:
+        for name, value in (("--store", store_dir), ("--drop-edit-answers", drop_edit_answers or None),
+                            ("--edit-answer-delay", edit_answer_delay or None)):
+            if value is not None:
+                raise ConfigError(f"{name} needs --editable (the server is read-only without it)")
     options = ServerOptions(
         host=host,
         port=port,
@@ -117,6 +165,10 @@ def serve_cmd(
         token_ttl=token_ttl,
         query_timeout=query_timeout,
         cors_origins=tuple(dict.fromkeys(normalize_origin(o) for o in cors_origins)),
+        editable=editable,
+        store_dir=None if store_dir is None else str(store_dir),
+        drop_edit_answers=drop_edit_answers,
+        edit_answer_delay=edit_answer_delay,
     )
     warning = bind_warning(host)
 

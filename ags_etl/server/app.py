@@ -9,6 +9,8 @@ URLs (GET or POST form-encoded, parameters case-insensitive, ``f=json|pjson``)::
     /arcgis/rest/services/NAME/FeatureServer/layers
     /arcgis/rest/services/NAME/FeatureServer/0
     /arcgis/rest/services/NAME/FeatureServer/0/query  (also f=geojson)
+    /arcgis/rest/services/NAME/FeatureServer/0/applyEdits|addFeatures|updateFeatures|deleteFeatures
+    /arcgis/rest/services/NAME/FeatureServer/applyEdits   (POST; with --editable: see edits.py)
     /arcgis/rest/services/FOLDER                      (folders and services with several
     /arcgis/rest/services/[FOLDER/]NAME/FeatureServer/ID[/query]   layers: see catalog.py)
     /sharing/rest/content/items/ID, /sharing/rest/search   (portal items: see portal.py)
@@ -48,10 +50,10 @@ from urllib.parse import unquote, urlsplit
 
 from ags_etl.errors import ConfigError
 from ags_etl.server import catalog as catalog_routes
-from ags_etl.server import cors, metadata, portal, query
+from ags_etl.server import cors, edits, metadata, portal, query
 from ags_etl.server.auth import TokenStore, request_token
 from ags_etl.server.catalog import Catalog, load_catalog
-from ags_etl.server.faults import FaultInjector
+from ags_etl.server.faults import EditAnswerFaults, FaultInjector
 from ags_etl.server.options import ServerOptions
 from ags_etl.server.protocol import Params, RestError, invalid_url, json_bytes
 from ags_etl.server.sources import find_sources, read_source, service_name
@@ -69,6 +71,8 @@ class Response:
     status: int
     body: bytes
     content_type: str = query.JSON_TYPE
+    #: Close the connection without sending anything (--drop-edit-answers).
+    drop: bool = False
 
 
 class FeatureServerApp:
@@ -86,6 +90,7 @@ class FeatureServerApp:
             else None
         )
         self.faults = FaultInjector(options.latency_ms, options.fail_rate, options.seed)
+        self.edit_faults = EditAnswerFaults(options.drop_edit_answers, options.edit_answer_delay)
 
     def handle(self, method: str, path: str, params: Params, auth_header: str | None, base_url: str) -> Response:
         """Answer one request. Never raises for a client error: those become error bodies."""
@@ -95,6 +100,9 @@ class FeatureServerApp:
             body, content_type = self._route(method, path, params, auth_header, base_url)
         except RestError as err:
             return _error_response(err)
+        if isinstance(body, edits.EditAnswer):
+            drop = self.edit_faults.after_commit() if body.committed else False
+            return Response(200, json_bytes(body.body, pretty=fmt_pretty), content_type, drop=drop)
         if isinstance(body, bytes):
             return Response(200, body, content_type)
         return Response(200, json_bytes(body, pretty=fmt_pretty), content_type)
@@ -117,7 +125,7 @@ class FeatureServerApp:
         rest = low[3:]
         resource = catalog_routes.resolve(self.catalog, rest)
         if resource is not None:
-            return self._nested(resource, params, auth_header)
+            return self._nested(resource, method, params, auth_header)
         if len(rest) not in (0, 2, 3, 4) or (rest and rest[1] != "featureserver"):
             raise invalid_url()
         store = None
@@ -125,9 +133,9 @@ class FeatureServerApp:
             store = self._by_name.get(rest[0])
             if store is None:
                 raise invalid_url()
-        if len(rest) >= 3 and rest[2] not in ("0", "layers"):
+        if len(rest) >= 3 and rest[2] not in ("0", "layers", edits.SERVICE_OPERATION):
             raise invalid_url()
-        if len(rest) == 4 and (rest[2] != "0" or rest[3] != "query"):
+        if len(rest) == 4 and (rest[2] != "0" or rest[3] not in ("query", *edits.LAYER_OPERATIONS)):
             raise invalid_url()
         if self.tokens is not None:
             self.tokens.check(request_token(params, auth_header))
@@ -138,16 +146,30 @@ class FeatureServerApp:
             return metadata.service(self.options, store), query.JSON_TYPE
         if rest[2] == "layers":
             return metadata.layers(self.options, store), query.JSON_TYPE
+        if rest[2] == edits.SERVICE_OPERATION:
+            return edits.service_operation({0: store}, method, params, self.options), query.JSON_TYPE
         if len(rest) == 3:
             return metadata.layer(self.options, store), query.JSON_TYPE
+        if rest[3] in edits.LAYER_OPERATIONS:
+            return edits.layer_operation(store, 0, rest[3], method, params, self.options), query.JSON_TYPE
         self.faults.check_query()
         return query.run_query(store, params, self.options)
 
-    def _nested(self, resource: catalog_routes.Resource, params: Params, auth_header: str | None) -> tuple[Any, str]:
+    def _nested(
+        self, resource: catalog_routes.Resource, method: str, params: Params, auth_header: str | None
+    ) -> tuple[Any, str]:
         """Folders, and services in a folder or with several layers (see catalog.py)."""
         if self.tokens is not None:
             self.tokens.check(request_token(params, auth_header))
         query.output_format(params)
+        if resource.kind == "service-applyedits":
+            assert resource.service is not None
+            layers = {lyr.id: lyr.store for lyr in resource.service.layers}
+            return edits.service_operation(layers, method, params, self.options), query.JSON_TYPE
+        if resource.kind in edits.LAYER_OPERATIONS:
+            assert resource.layer is not None
+            answer = edits.layer_operation(resource.layer.store, resource.layer.id, resource.kind, method, params, self.options)
+            return answer, query.JSON_TYPE
         if resource.kind == "query":
             self.faults.check_query()
         return catalog_routes.answer(self.catalog, resource, self.options, params)
@@ -224,6 +246,13 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug of ours: answer 500 and keep serving
             log.error("internal error on %s %s: %s\n%s", method, url.path, exc, traceback.format_exc())
             response = Response(500, json_bytes(RestError(500, f"Internal server error: {type(exc).__name__}").body()))
+        if response.drop:
+            # The lost-answer fault: the edit is committed, the client hears nothing.
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            access_log.info('%s "%s %s" dropped after commit', self.client_address[0], method, url.path)
+            return
         self._send(response)
         access_log.info(
             '%s "%s %s" %d %d %.1fms',
@@ -347,12 +376,30 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop(signum)
 
 
+#: Default store folder of an editable server, inside the served folder (dot: not served itself).
+STORE_DIR_NAME = ".ags_etl_serve"
+
+
+def _workdir(directory: Path, options: ServerOptions) -> contextlib.AbstractContextManager[str]:
+    """Where the stores go: a temp folder removed on exit, or the editable server's store folder."""
+    if not options.editable:
+        return tempfile.TemporaryDirectory(prefix="ags-etl-serve-")
+    store_dir = Path(options.store_dir) if options.store_dir is not None else directory / STORE_DIR_NAME
+    try:
+        store_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the store folder {str(store_dir)!r}: {exc.strerror or exc}; pass a writable --store DIR"
+        ) from exc
+    return contextlib.nullcontext(str(store_dir))
+
+
 @contextlib.contextmanager
 def running_server(directory: Path, options: ServerOptions) -> Iterator[tuple[_HTTPServer, str]]:
     """Load the data and bind the socket; yields (server, base URL). Nothing is served until
     the caller runs ``serve_forever``; on exit the socket, connections and temp files go."""
-    with tempfile.TemporaryDirectory(prefix="ags-etl-serve-") as workdir:
-        catalog = load_catalog(directory, Path(workdir))
+    with _workdir(directory, options) as workdir:
+        catalog = load_catalog(directory, Path(workdir), editable=options.editable)
         stores = catalog.stores
         try:
             app = FeatureServerApp(stores, options, catalog)

@@ -35,10 +35,14 @@ from ags_etl.errors import ConfigError
 from ags_etl.server import metadata, query
 from ags_etl.server.options import ServerOptions
 from ags_etl.server.protocol import Params, invalid_url
-from ags_etl.server.sources import find_sources, read_source, service_name
-from ags_etl.server.storage import LayerStore
+from ags_etl.server.sources import find_sources, service_name
+from ags_etl.server.storage import LayerStore, open_store, store_folder
 
 log = logging.getLogger(__name__)
+
+#: Edit operations (lower case) routed to edits.py by app.py: Resource.kind is the operation's name.
+LAYER_EDITS = ("applyedits", "addfeatures", "updatefeatures", "deletefeatures")
+SERVICE_EDITS = "applyedits"
 
 #: Suffix (any case) of a folder that is one service with several layers.
 SERVICE_DIR_SUFFIX = ".featureserver"
@@ -126,8 +130,11 @@ def _is_service_dir(path: Path) -> bool:
     return path.is_dir() and path.name.lower().endswith(SERVICE_DIR_SUFFIX) and len(path.name) > len(SERVICE_DIR_SUFFIX)
 
 
-def load_catalog(directory: Path, workdir: Path) -> Catalog:
+def load_catalog(directory: Path, workdir: Path, *, editable: bool = False) -> Catalog:
     """Read every data file under ``directory`` (see the module docstring) into stores under ``workdir``.
+
+    ``editable``: editable stores, one per layer in ``workdir/<store_folder(key)>``, reused when
+    their source has not changed (storage.py).
 
     Raises ConfigError when there is nothing to serve or a file cannot be read.
     """
@@ -136,15 +143,15 @@ def load_catalog(directory: Path, workdir: Path) -> Catalog:
     try:
         for path in find_sources(directory):
             name = _unique(service_name(path), used, "service")
-            store = _store(path, name, name, workdir)
+            store = _store(path, name, name, workdir, editable)
             catalog.services.append(ServedService(name, [ServedLayer(0, name, store)], plain=True))
         subdirs = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
         for sub in subdirs:
             if _is_service_dir(sub):
-                _add_service_dir(catalog, sub, _unique(service_name(sub), used, "service"), workdir)
+                _add_service_dir(catalog, sub, _unique(service_name(sub), used, "service"), workdir, editable)
         for sub in subdirs:
             if not _is_service_dir(sub):
-                _add_folder(catalog, sub, used, workdir)
+                _add_folder(catalog, sub, used, workdir, editable)
     except BaseException:
         catalog.close()
         raise
@@ -156,7 +163,7 @@ def load_catalog(directory: Path, workdir: Path) -> Catalog:
     return catalog
 
 
-def _add_folder(catalog: Catalog, folder: Path, used: set[str], workdir: Path) -> None:
+def _add_folder(catalog: Catalog, folder: Path, used: set[str], workdir: Path, editable: bool) -> None:
     files = find_sources(folder)
     service_dirs = [p for p in sorted(folder.iterdir()) if _is_service_dir(p)]
     for deeper in sorted(p for p in folder.iterdir() if p.is_dir() and not _is_service_dir(p)):
@@ -169,30 +176,37 @@ def _add_folder(catalog: Catalog, folder: Path, used: set[str], workdir: Path) -
     inner: set[str] = set()
     for path in files:
         short = _unique(service_name(path), inner, "service")
-        store = _store(path, short, f"{fname}/{short}", workdir)
+        store = _store(path, short, f"{fname}/{short}", workdir, editable)
         catalog.services.append(ServedService(f"{fname}/{short}", [ServedLayer(0, short, store)]))
     for sub in service_dirs:
-        _add_service_dir(catalog, sub, f"{fname}/{_unique(service_name(sub), inner, 'service')}", workdir)
+        _add_service_dir(catalog, sub, f"{fname}/{_unique(service_name(sub), inner, 'service')}", workdir, editable)
 
 
-def _add_service_dir(catalog: Catalog, directory: Path, name: str, workdir: Path) -> None:
+def _add_service_dir(catalog: Catalog, directory: Path, name: str, workdir: Path, editable: bool) -> None:
     files = find_sources(directory)
     if not files:
         log.warning("%s: no data files, not served", directory)
         return
-    layers = [ServedLayer(i, path.stem, _store(path, f"layer{i}", f"{name}/{i}", workdir)) for i, path in enumerate(files)]
+    layers = [
+        ServedLayer(i, path.stem, _store(path, f"layer{i}", f"{name}/{i}", workdir, editable))
+        for i, path in enumerate(files)
+    ]
     catalog.services.append(ServedService(name, layers))
 
 
-def _store(path: Path, name: str, key: str, workdir: Path) -> LayerStore:
+def _store(path: Path, name: str, key: str, workdir: Path, editable: bool = False) -> LayerStore:
     """The store of one data file, in its own sub-folder of ``workdir`` (store file names
-    never collide); ``name`` is the store's, ``key`` the URL path logged."""
+    never collide); ``name`` is the store's, ``key`` the URL path logged. An editable
+    store's sub-folder is named by ``key``, so the next start finds it again."""
     started = time.perf_counter()
-    target = workdir / f"s{sum(1 for _ in workdir.iterdir())}"
-    target.mkdir()
-    source = read_source(path, name)
-    store = LayerStore.create(source, target)
-    log.info("%s: %d features as %r in %.1fs", path.name, source.count, key, time.perf_counter() - started)
+    if editable:
+        target = workdir / store_folder(key)
+        target.mkdir(exist_ok=True)
+    else:
+        target = workdir / f"s{sum(1 for _ in workdir.iterdir())}"
+        target.mkdir()
+    store = open_store(path, name, target, editable=editable)
+    log.info("%s: %d features as %r in %.1fs", path.name, store.count, key, time.perf_counter() - started)
     return store
 
 
@@ -212,7 +226,9 @@ class Resource:
 
 def resolve(catalog: Catalog, rest: list[str]) -> Resource | None:
     """The resource of path segments after ``/arcgis/rest/services`` (lower case), or None
-    for the root and for top-level single-file services (app.py's own routes).
+    for the root and for top-level single-file services (app.py's own routes). ``kind``
+    is folder|service|layers|layer|query, a layer edit operation (LAYER_EDITS) or
+    ``service-applyedits``.
 
     Raises RestError "Invalid URL" for a folder path that names nothing.
     """
@@ -237,12 +253,14 @@ def resolve(catalog: Catalog, rest: list[str]) -> Resource | None:
         return Resource("service", service=service)
     if tail == ["layers"]:
         return Resource("layers", service=service)
-    if not tail[0].isdigit() or len(tail) > 2 or (len(tail) == 2 and tail[1] != "query"):
+    if tail == [SERVICE_EDITS]:
+        return Resource("service-applyedits", service=service)
+    if not tail[0].isdigit() or len(tail) > 2 or (len(tail) == 2 and tail[1] not in ("query", *LAYER_EDITS)):
         raise invalid_url()
     layer = service.layer(int(tail[0]))
     if layer is None:
         raise invalid_url()
-    return Resource("query" if len(tail) == 2 else "layer", service=service, layer=layer)
+    return Resource(tail[1] if len(tail) == 2 else "layer", service=service, layer=layer)
 
 
 def root(options: ServerOptions, catalog: Catalog) -> dict[str, Any]:

@@ -21,6 +21,15 @@ pagination parameters get ArcGIS's 400 "Unable to complete operation." With
 ``--count-answers-features`` a count request is answered with a page of features
 instead, as Cook County does. What is left are plain and envelope queries, cut
 at maxRecordCount with ``exceededTransferLimit``.
+
+Edit answers (``--drop-edit-answers N``, ``--edit-answer-delay SECONDS``, with
+``--editable``): :class:`EditAnswerFaults` acts after an edit request has
+committed — it sleeps the delay, then tells the HTTP layer to close the
+connection without answering for the *first N* committed edit requests of the
+run (counted in commit order; requests that changed nothing, being refused or
+rolled back, are answered normally and not counted). That is the lost-answer
+case a sync job must survive: the edit is in the layer, the client never
+learnt its result. "First N" rather than "every Nth" keeps tests deterministic.
 """
 
 from __future__ import annotations
@@ -66,6 +75,25 @@ def box_only_check(params: Params, options: ServerOptions) -> bool:
             return True
         raise RestError(400, "Unable to complete operation.", ["'returnCountOnly' is not supported by this layer"])
     return False
+
+
+class EditAnswerFaults:
+    """What happens between the commit of an edit request and its answer (thread-safe)."""
+
+    def __init__(self, drop_first: int = 0, delay: float = 0.0) -> None:
+        self._left = drop_first
+        self._delay = delay
+        self._lock = threading.Lock()
+
+    def after_commit(self) -> bool:
+        """Sleep the delay; True when this answer is to be dropped (connection closed unanswered)."""
+        if self._delay > 0:
+            time.sleep(self._delay)
+        with self._lock:
+            if self._left > 0:
+                self._left -= 1
+                return True
+        return False
 
 
 class FaultInjector:

@@ -8,6 +8,14 @@ statistics are served in that mode too.
 
 Layers list the geometry field as ``Shape`` (``esriFieldTypeGeometry``), as
 enterprise-geodatabase layers do; query answers never list it.
+
+Editable layers (``--editable``, see edits.py) advertise what ArcGIS Server
+advertises for an editable feature service with editor tracking:
+``capabilities`` "Create,Delete,Query,Update,Editing", ``editFieldsInfo``
+(``creationDateField``, ``creatorField``, ``editDateField``, ``editorField``),
+``globalIdField``, ``hasGlobalIds``, ``supportsApplyEditsWithGlobalIds``,
+``supportsRollbackOnFailureParameter`` and ``allowGeometryUpdates`` true, and each
+field's ``editable`` (false for the OID, GlobalID and editor fields).
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ from typing import Any
 
 from ags_etl.server.options import ServerOptions
 from ags_etl.server.storage import LayerStore
+
+#: Capabilities of an editable layer or service, in the order ArcGIS lists them.
+EDIT_CAPABILITIES = "Create,Delete,Query,Update,Editing"
 
 
 def spatial_reference(store: LayerStore) -> dict[str, Any]:
@@ -101,10 +112,11 @@ def service(options: ServerOptions, store: LayerStore) -> dict[str, Any]:
         "hasStaticData": True,
         "maxRecordCount": options.max_record_count,
         "supportedQueryFormats": "JSON, geoJSON, PBF" if options.pagination else "JSON",
-        "capabilities": "Query",
+        "capabilities": EDIT_CAPABILITIES if store.editable else "Query",
         "description": f"Served by ags-etl from {store.source_file}",
         "copyrightText": "",
-        "allowGeometryUpdates": False,
+        "allowGeometryUpdates": store.editable,
+        "supportsApplyEditsWithGlobalIds": store.editable,
         "syncEnabled": False,
         "layers": [] if is_table else [_layer_entry(store)],
         "tables": [_layer_entry(store)] if is_table else [],
@@ -123,6 +135,11 @@ def layer(options: ServerOptions, store: LayerStore) -> dict[str, Any]:
     """``/arcgis/rest/services/NAME/FeatureServer/0``."""
     is_table = store.geometry_type is None
     fields = [f.to_esri() for f in store.fields]
+    system = store.edit_fields
+    if system is not None:
+        fixed = {store.oid_field, *system.names}
+        for entry in fields:
+            entry["editable"] = entry["name"] not in fixed
     if not is_table:
         fields.append(
             {"name": geometry_field_name(store), "type": "esriFieldTypeGeometry", "alias": "Shape", "domain": None}
@@ -149,7 +166,7 @@ def layer(options: ServerOptions, store: LayerStore) -> dict[str, Any]:
         "canModifyLayer": False,
         "canScaleSymbols": False,
         "hasLabels": False,
-        "capabilities": "Query",
+        "capabilities": EDIT_CAPABILITIES if store.editable else "Query",
         "maxRecordCount": options.max_record_count,
         "supportsStatistics": True,
         "supportsAdvancedQueries": options.pagination,
@@ -158,12 +175,22 @@ def layer(options: ServerOptions, store: LayerStore) -> dict[str, Any]:
         "useStandardizedQueries": True,
         "supportsPagination": options.pagination,
         "objectIdField": store.oid_field,
-        "globalIdField": "",
+        "globalIdField": system.global_id if system is not None else "",
+        "hasGlobalIds": system is not None,
+        "editFieldsInfo": None
+        if system is None
+        else {
+            "creationDateField": system.creation_date,
+            "creatorField": system.creator,
+            "editDateField": system.edit_date,
+            "editorField": system.editor,
+        },
+        "supportsApplyEditsWithGlobalIds": system is not None,
         "fields": fields,
         "hasZ": store.has_z,
         "hasM": False,
-        "allowGeometryUpdates": False,
-        "supportsRollbackOnFailureParameter": False,
+        "allowGeometryUpdates": system is not None,
+        "supportsRollbackOnFailureParameter": system is not None,
         "supportsCoordinatesQuantization": False,
     }
     if not is_table:

@@ -19,6 +19,13 @@ class ServerOptions:
     ``query_timeout`` (seconds) bounds each query request's work. ``cors_origins``
     are the browser origins given ``Access-Control-Allow-Origin`` (``"*"``: any);
     empty, the default, sends no CORS headers.
+
+    ``editable`` turns the edit operations on (see edits.py); the stores then live in
+    ``store_dir`` (None: ``DIR/.ags_etl_serve``) and survive restarts.
+    ``drop_edit_answers`` and ``edit_answer_delay`` are faults of edit requests
+    (see faults.py): the first N committed edit requests get no answer (the
+    connection is closed), and every committed one waits that many seconds
+    between commit and answer.
     """
 
     host: str = "127.0.0.1"
@@ -35,6 +42,10 @@ class ServerOptions:
     count_answers_features: bool = False
     query_timeout: float = 10.0
     cors_origins: tuple[str, ...] = ()
+    editable: bool = False
+    store_dir: str | None = None
+    drop_edit_answers: int = 0
+    edit_answer_delay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_record_count < 1:
@@ -53,6 +64,17 @@ class ServerOptions:
             raise ValueError("box_only needs pagination=False (a box-only layer refuses pagination)")
         if self.count_answers_features and not self.box_only:
             raise ValueError("count_answers_features needs box_only")
+        if self.drop_edit_answers < 0:
+            raise ValueError(f"drop_edit_answers must be 0 or more, got {self.drop_edit_answers}")
+        if self.edit_answer_delay < 0:
+            raise ValueError(f"edit_answer_delay must be 0 or more seconds, got {self.edit_answer_delay}")
+        if not self.editable and (self.store_dir is not None or self.drop_edit_answers or self.edit_answer_delay):
+            raise ValueError("store_dir, drop_edit_answers and edit_answer_delay need editable")
+
+    @property
+    def edit_user(self) -> str:
+        """Who the editor-tracking fields name: the token user, else ``ags-etl``."""
+        return self.token_user if self.token_user is not None else "ags-etl"
 
     @property
     def token_auth(self) -> bool:
