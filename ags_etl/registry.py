@@ -50,6 +50,7 @@ FALLBACK: dict[str, dict[str, str]] = {
         "shapefile": "ags_etl.loaders.shapefile:ShapefileLoader",
         "kmz": "ags_etl.loaders.kmz:KMZLoader",
         "geoparquet": "ags_etl.loaders.geoparquet:GeoParquetLoader",
+        "feature_service": "ags_etl.loaders.feature_service:FeatureServiceLoader",
     },
 }
 

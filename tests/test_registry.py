@@ -18,7 +18,7 @@ def test_builtins_and_entry_points_agree() -> None:
 
 
 def test_unknown_names_list_what_is_installed() -> None:
-    with pytest.raises(ConfigError, match=r"unknown loader 'gpkg'; installed: geojson, geojsonl, geoparquet, kmz"):
+    with pytest.raises(ConfigError, match=r"unknown loader 'gpkg'; installed: feature_service, geojson, geojsonl, geoparquet, kmz"):
         load("loaders", "gpkg")
     with pytest.raises(ConfigError, match="cannot be loaded"):
         load("transformers", "no_such_module:Thing")
