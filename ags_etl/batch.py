@@ -9,6 +9,7 @@ geometry has ``geometry is None``. Transformers return new batches.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,6 +17,39 @@ import numpy as np
 import pyarrow as pa
 import shapely
 from pyproj import CRS
+
+
+def skip_pandas_probe() -> None:
+    """Settle pyarrow's "is this a pandas object?" probe without importing pandas.
+
+    The first ``pa.array`` of a Python list asks pyarrow's pandas shim whether the list is
+    a pandas object, and that question imports pandas (about 0.15 s and 40 MB; nothing in
+    ags_etl uses pandas). When pandas is not imported yet, the probe runs once here with
+    pandas hidden, so pyarrow records that it has no pandas; an explicit pandas conversion
+    later (``to_pandas``, ``from_pandas``) still imports pandas as usual. If pandas is
+    already imported (a caller that uses it), nothing changes. Called when this module is
+    imported, before any thread starts.
+    """
+    if "pandas" in sys.modules:
+        return
+    hide = _HidePandas()
+    sys.meta_path.insert(0, hide)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(hide)
+
+
+class _HidePandas:
+    """An import finder that makes ``import pandas`` fail (for :func:`skip_pandas_probe`)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("pandas is hidden while pyarrow probes for it")
+        return None
+
+
+skip_pandas_probe()
 
 
 @dataclass(frozen=True)

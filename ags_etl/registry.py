@@ -163,6 +163,15 @@ def _extension_table() -> dict[str, str]:
     return table
 
 
+def _builtin_for_extension(ext: str) -> str | None:
+    """The first built-in loader declaring ``ext`` (as :func:`_extension_table` picks it),
+    importing loaders only up to that one, so a GeoParquet pull never imports fiona."""
+    for p in plugins("loaders"):
+        if p.builtin and ext in (e.lower() for e in load("loaders", p.name).capabilities.extensions):
+            return p.name
+    return None
+
+
 def _plugin_for_extension(ext: str) -> str | None:
     """A third-party loader declaring ``ext`` in its capabilities (imported only when needed)."""
     for p in plugins("loaders"):
@@ -190,9 +199,10 @@ def loader_name_for_path(path: str | Path, fmt: str | None = None) -> str:
     if suffixes[-2:] == [".shp", ".zip"]:
         return "shapefile"
     ext = suffixes[-1] if suffixes else ""
+    builtin = _builtin_for_extension(ext) if ext else None
+    if builtin is not None:
+        return builtin
     table = _extension_table()
-    if ext in table:
-        return table[ext]
     plugin = _plugin_for_extension(ext) if ext else None
     if plugin is not None:
         return plugin
