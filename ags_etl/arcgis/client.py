@@ -167,8 +167,11 @@ def check_proxy_url(proxy: str) -> str:
         or parts.query
         or parts.fragment
     ):
+        shown = redact(proxy)
+        if "@" in shown:  # userinfo that redact cannot see (no scheme://): show only the host part
+            shown = "<credentials>@" + shown.rpartition("@")[2]
         raise ConfigError(
-            f"--proxy {redact(proxy)!r} is not a proxy URL; give http://host:port or https://host:port, "
+            f"--proxy {shown!r} is not a proxy URL; give http://host:port or https://host:port, "
             f"with user:pass@ before the host if the proxy asks for credentials"
         )
     return proxy

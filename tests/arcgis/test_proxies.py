@@ -70,6 +70,7 @@ def https_layer(server_tls: ssl.SSLContext) -> Iterator[str]:
     "proxy",
     [
         "127.0.0.1:3128",  # no scheme
+        f"u:{SECRET}@127.0.0.1:3128",  # no scheme, with credentials
         f"socks5://u:{SECRET}@127.0.0.1:1080",
         f"http://u:{SECRET}@/",
         f"http://u:{SECRET}@proxy.example:3128/path",
