@@ -46,6 +46,7 @@ import pyarrow as pa
 import shapely
 
 from ags_etl.arcgis.esrijson import decode_attributes, organize_rings
+from ags_etl.arcgis.esrijson import decode_features as decode_json_features
 from ags_etl.arcgis.layer import LayerInfo
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import ArcGISError, ConfigError
@@ -627,3 +628,25 @@ def compare(pbf: FeatureBatch, json: FeatureBatch, tolerance: float, oid_field: 
         row = int(np.argmin(same))
         return f"row {row}: geometries differ by more than {tolerance:g} ({shapely.to_wkt(g1[row], rounding_precision=12)[:80]} vs {shapely.to_wkt(g2[row], rounding_precision=12)[:80]})"
     return None
+
+
+def check_first_page(
+    client: Any, url: str, params: dict[str, Any], info: LayerInfo, schema: LayerSchema, choice: FormatChoice
+) -> FormatChoice:
+    """Ask one sample page (:func:`sample_params`) as f=pbf and as f=json and settle the format.
+
+    The only function here that makes requests, through ``client`` (an ArcGISClient);
+    ``params`` are the pull's base query parameters, ``quantizationParameters`` included.
+    The tolerance of the comparison is the one asked for (a server quantising coarser than
+    asked is caught). Returns :func:`settle`'s choice; raises as it does.
+    """
+    form = {**params, **sample_params(info)}
+    quant = form.get("quantizationParameters")
+    tolerance = float(quant["tolerance"]) if isinstance(quant, dict) else 0.0
+    got, _ = decode_features(client.post_binary(url + "/query", {**form, "f": "pbf"}), schema)
+    answer = client.post(url + "/query", {**form, "f": "json"})
+    want = decode_json_features(answer.get("features") or [], schema)
+    difference = compare(got, want, tolerance, schema.oid_field)
+    if difference is None and len(got) == 0:
+        return FormatChoice("pbf", f"{choice.reason}: the sample page was empty", False, choice.forced, tolerance)
+    return settle(choice, difference, tolerance if isinstance(quant, dict) else None, url)
