@@ -127,7 +127,7 @@ class SourceSpec(BaseModel):
     max_response_mb: PositiveInt = 256
     proxy: SecretStr | None = None  # may hold user:pass@, so a secret
     ca_bundle: str | None = None
-    response_format: Literal["json", "geojson"] = "json"
+    response_format: Literal["json", "geojson", "pbf", "auto"] = "json"
     layers: list[int | str] | None = Field(default=None, min_length=1)
     item: str | None = None
     portal: str | None = None
