@@ -92,6 +92,7 @@ def inspect_cmd(
                     "strategy": plan.strategy.value,
                     "strategyReason": plan.reason,
                     "pageSize": plan.page_size,
+                    "responseFormat": ext.format_choice().reason,
                     # Only for a layer without a count (box-split): what completeness rests on.
                     **({"completeness": plan.unchecked} if plan.unchecked is not None else {}),
                     "fields": [{"name": f.name, "type": f.esri_type} for f in info.schema.fields],

@@ -148,7 +148,7 @@ def _check(job: JobSpec) -> None:
     type=click.Choice(["oid-list", "offset", "oid-range", "spatial", "box-split"]),
     help="Force a paging strategy (default: chosen from metadata and probes).",
 )
-@click.option("--response-format", type=click.Choice(["json", "geojson"]), default="json", show_default=True)
+@click.option("--response-format", type=click.Choice(["json", "geojson", "pbf", "auto"]), default="json", show_default=True)
 @click.option("--timeout", type=TIMEOUT, default=60.0, show_default=True, help="Seconds per request.")
 @click.option("--retries", type=RETRIES, default=5, show_default=True, help="Retries of a failed request.")
 @click.option(
