@@ -83,7 +83,8 @@ def test_pull_through_the_proxy_option_credentials_never_printed(server: str, tm
 
 def test_http_proxy_variable_then_no_proxy(server: str, tmp_path: Path) -> None:
     with forward_proxy() as proxy:
-        used = ags("pull", url(server, "points"), "-o", str(tmp_path / "a.geojson"), env=proxy_env(HTTP_PROXY=proxy.url))
+        used = ags("pull", url(server, "points"), "-o", str(tmp_path / "a.geojson"),
+                   env=proxy_env(HTTP_PROXY=proxy.url))
         through = len(proxy.lines)
         bypassed = ags("pull", url(server, "points"), "-o", str(tmp_path / "b.geojson"),
                        env=proxy_env(HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1"))
