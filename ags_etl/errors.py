@@ -5,6 +5,7 @@
     AgsEtlError
     ├── ConfigError                 bad option, pipeline key, CRS, path …   (exit 2 / 78)
     │   └── PipelineFileError       a pipeline file with problems (all listed)   (exit 78)
+    ├── JobLockedError              another run holds the job's lock   (exit 75)
     ├── ArcGISError                 anything the server said or failed to say
     │   ├── ServiceError            an ``{"error": …}`` body (often sent with HTTP 200)
     │   │   └── QueryError          the server rejected the query (bad where clause, field …)
@@ -45,6 +46,14 @@ class PipelineFileError(ConfigError):
         self.problems = list(problems)
         count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
         super().__init__("\n".join([f"{source}: {count}", *self.problems]))
+
+
+class JobLockedError(AgsEtlError):
+    """Another run of the same job holds its lock; nothing was changed. ``job`` is its name."""
+
+    def __init__(self, message: str, *, job: str) -> None:
+        super().__init__(message)
+        self.job = job
 
 
 class ArcGISError(AgsEtlError):

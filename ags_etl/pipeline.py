@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ags_etl.batch import FeatureBatch
 from ags_etl.extractors.feature_layer import ExtractStats, FeatureLayerExtractor
 from ags_etl.loaders.base import LoadStats, Loader
 from ags_etl.schema import LayerSchema
@@ -66,6 +67,8 @@ class Pipeline:
         self.transformers = list(transformers)
         self.loader = loader
         self.progress = progress
+        #: Called with every extracted batch before the transformers (a sync job's cursor).
+        self.observers: list[Callable[[FeatureBatch], None]] = []
 
     def _bind(self, schema: LayerSchema) -> LayerSchema:
         from ags_etl.registry import load
@@ -126,6 +129,8 @@ class Pipeline:
             done = 0
             with self.loader.open(schema) as writer:
                 for batch in ext:
+                    for observe in self.observers:
+                        observe(batch)
                     for t in self.transformers:
                         batch = t(batch)
                     if len(batch):

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Status = Literal["ok", "failed", "skipped"]
+Status = Literal["ok", "failed", "skipped", "locked"]
 
 REPORT_VERSION = 1
 
@@ -54,6 +54,9 @@ class JobReport:
     output: str | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    #: Sync jobs: "full" or "incremental", and the features deleted because the source lost them.
+    sync: str | None = None
+    deleted: int = 0
 
 
 @dataclass
@@ -74,19 +77,25 @@ class RunReport:
     @property
     def exit_code(self) -> int:
         """0 when every job succeeded, 1 when any failed (or was skipped after a failure),
+        75 when none failed but a job could not run because another run held its lock,
         130 when the run was interrupted — the exit code of ``ags-etl run``."""
         if self.interrupted:
             return 130
-        return 0 if self.ok else 1
+        if any(j.status in ("failed", "skipped") for j in self.jobs):
+            return 1
+        return 75 if any(j.status == "locked" for j in self.jobs) else 0
 
     @property
     def status(self) -> str:
-        return "interrupted" if self.interrupted else "ok" if self.ok else "failed"
+        if self.interrupted:
+            return "interrupted"
+        return "ok" if self.ok else "locked" if self.exit_code == 75 else "failed"
 
     def counts(self) -> dict[str, int]:
+        """Jobs per status; ``locked`` only when a job was locked."""
         out = {"ok": 0, "failed": 0, "skipped": 0}
         for j in self.jobs:
-            out[j.status] += 1
+            out[j.status] = out.get(j.status, 0) + 1
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,7 +135,7 @@ _RIGHT = {"read", "clipped", "written", "pages", "retries", "seconds"}
 
 
 def _row(j: JobReport) -> tuple[str, ...]:
-    if j.status == "skipped":
+    if j.status in ("skipped", "locked"):
         return (j.name, j.status, "", "", "", "", "", "", "")
     return (
         j.name,
@@ -159,6 +168,7 @@ def summary_table(report: RunReport, *, errors: bool = True) -> str:
     c = report.counts()
     lines.append(
         f"{len(report.jobs)} job{'' if len(report.jobs) == 1 else 's'}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped "
-        f"in {report.seconds:.1f} s"
+        + (f", {c['locked']} locked" if "locked" in c else "")
+        + f" in {report.seconds:.1f} s"
     )
     return "\n".join(lines)

@@ -25,6 +25,12 @@ Contract:
   entry. A stopped :class:`PipelineRun` keeps its partial report (the running job
   ``failed`` as interrupted, the rest ``skipped``) before the exception goes on.
 * Error messages are redacted (``token=…``, ``password=…``) before they reach the report.
+* A job with a ``sync:`` block (see :mod:`ags_etl.sync`) runs under its lock
+  (:class:`ags_etl.state.JobLock`); when another process holds it the job is reported
+  ``locked``, nothing is read or written, and the run's exit code is 75 unless a job failed
+  (then 1). Its state is written only after its sink committed; ``full_refresh`` ignores the
+  state. Once the lock is held, temp outputs a killed run left beside the sink's target are
+  removed (each named in the job's warnings).
 """
 
 from __future__ import annotations
@@ -36,13 +42,28 @@ from collections.abc import Iterator
 
 from ags_etl.arcgis.catalog import expand_job
 from ags_etl.arcgis.client import ArcGISClient, redact
-from ags_etl.build import build_auth, build_pipeline, network_options
-from ags_etl.errors import AgsEtlError, ConfigError
+from ags_etl.batch import FeatureBatch
+from ags_etl.build import build_auth, build_extractor, build_pipeline, network_options
+from ags_etl.errors import AgsEtlError, ConfigError, JobLockedError
 from ags_etl.extractors.feature_layer import ExtractStats
-from ags_etl.pipeline import Pipeline
+from ags_etl.loaders.base import FileLoader, stale_temp_outputs
+from ags_etl.pipeline import Pipeline, RunResult
 from ags_etl.progress import NullProgress, ProgressFactory
 from ags_etl.report import JobReport, RunReport
 from ags_etl.spec import JobSpec, PipelineSpec
+from ags_etl.state import JobLock, JobState, StateStore, now_text, state_path
+from ags_etl.sync import (
+    DeletingSink,
+    MergingLoader,
+    SyncOutcome,
+    batch_cursor,
+    later,
+    plan_sync,
+    previous_output,
+    remove_tree,
+    source_identity,
+    source_keys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +102,11 @@ class PipelineRun:
         job: str | None = None,
         fail_fast: bool = False,
         progress: ProgressFactory | None = None,
+        full_refresh: bool = False,
     ) -> None:
         self.jobs = select_jobs(spec, job)
+        self.full_refresh = full_refresh
+        self.state = StateStore(state_path(spec.path, spec.state))
         self.fail_fast = fail_fast
         self.progress = progress if progress is not None else NullProgress()
         self.report = RunReport(jobs=[], pipeline=None if spec.path is None else str(spec.path))
@@ -129,9 +153,14 @@ class PipelineRun:
         self._running = (layer_job.name, job_name, start)
         bar = self.progress.job(layer_job.name)
         pipeline: Pipeline | None = None
+        sync: SyncOutcome | None = None
         try:
             pipeline = build_pipeline(layer_job, progress=bar)
+            if layer_job.sync is not None:
+                sync = self._prepare_sync(layer_job, pipeline)
             result = pipeline.run()
+            if sync is not None:
+                self._commit_sync(layer_job, job_name, pipeline, result, sync)
         except BaseException as exc:  # one job's failure, whatever its kind, must not stop the others
             bar.finish(ok=False)
             if not isinstance(exc, Exception):
@@ -151,7 +180,7 @@ class PipelineRun:
         self._running = None
         bar.finish(ok=True)
         ex = result.extract
-        return JobReport(
+        report = JobReport(
             name=layer_job.name,
             job=job_name,
             status="ok",
@@ -167,12 +196,108 @@ class PipelineRun:
             output=pipeline.loader.target,
             warnings=[redact(w) for w in result.load.warnings],
         )
+        if sync is not None:
+            report.sync, report.deleted = sync.plan.mode, sync.merge.deleted
+            report.warnings[:0] = sync.warnings
+        return report
+
+    # ------------------------------------------------------------------ sync jobs
+
+    def _prepare_sync(self, job: JobSpec, pipeline: Pipeline) -> SyncOutcome:
+        """Plan the run from the state (full or incremental), set the extractor's where clause,
+        wrap a file sink in a :class:`MergingLoader`, watch the cursor; remove stale temp outputs."""
+        assert job.sync is not None and job.sync.cursor_field is not None
+        stored = None if self.full_refresh else self.state.get(job.name)
+        loader = pipeline.loader
+        previous = previous_output(loader)
+        warnings = []
+        if previous is not None:
+            for stale in stale_temp_outputs(previous):  # safe: this job's lock is held
+                remove_tree(stale)
+                warnings.append(f"removed {str(stale)!r}, a temp output left by an earlier run that was killed")
+        plan = plan_sync(
+            job,
+            stored_cursor=None if stored is None else stored.cursor,
+            stored_identity=None if stored is None else stored.source,
+            previous_output=True if previous is None else previous.exists(),
+            full_refresh=self.full_refresh,
+        )
+        log.info("job %s: %s sync (%s)", job.name, plan.mode, plan.reason)
+        sync = SyncOutcome(plan, warnings=warnings)
+        extractor = pipeline.extractor
+        extractor.where = plan.where.strip() if plan.where is not None and plan.where.strip() else "1=1"
+        cursor_field = job.sync.cursor_field
+
+        def observe(batch: FeatureBatch) -> None:
+            sync.cursor = later(sync.cursor, batch_cursor(batch, cursor_field))
+
+        pipeline.observers.append(observe)
+        if isinstance(loader, FileLoader):
+            where = job.source.where
+            pipeline.loader = sync.loader = MergingLoader(
+                loader,
+                key=job.sync.key,
+                previous=previous if plan.mode == "incremental" else None,
+                source_keys=(lambda key: source_keys(extractor, where, key)) if job.sync.detect_deletes else None,
+            )
+        return sync
+
+    def _commit_sync(self, job: JobSpec, job_name: str, pipeline: Pipeline, result: RunResult, sync: SyncOutcome) -> None:
+        """After the sink committed: deletes for a sink that is not a file, then the state row."""
+        assert job.sync is not None
+        if sync.loader is not None:
+            sync.merge = sync.loader.merge
+        elif job.sync.detect_deletes and sync.plan.mode == "incremental":
+            sync.merge.deleted = self._apply_deletes(job, pipeline)
+        cursor = later(sync.plan.cursor, sync.cursor)
+        self.state.put(JobState(
+            name=job.name, job=job_name, cursor=cursor, source=source_identity(job), mode=sync.plan.mode,
+            last_run=now_text(), features_read=result.extract.features, written=result.load.features,
+            deleted=sync.merge.deleted, output=pipeline.loader.target,
+        ))
+
+    def _apply_deletes(self, job: JobSpec, pipeline: Pipeline) -> int:
+        """Keys the target holds and the source does not, deleted through the sink."""
+        assert job.sync is not None
+        loader = pipeline.loader
+        if not isinstance(loader, DeletingSink):
+            raise ConfigError(
+                f"sink {loader.name!r} cannot delete features (no apply_deletes); drop sync.detect_deletes "
+                "or write a GeoParquet file"
+            )
+        schema = pipeline.extractor.schema
+        key = job.sync.key or (None if schema is None else schema.oid_field)
+        if key is None:
+            raise ConfigError(f"job {job.name!r}: the layer has no OID field; give sync.key")
+        with build_extractor(job.source) as extractor:
+            present = source_keys(extractor, job.source.where, key)
+        gone = sorted(loader.existing_keys(key) - present, key=str)
+        return loader.apply_deletes(key, gone) if gone else 0
 
     def _run_job(self, job: JobSpec) -> Iterator[JobReport]:
-        """Reports of one job as written in the file: one per layer, or one failed/skipped entry."""
+        """Reports of one job as written in the file: one per layer, or one failed/skipped/locked entry."""
         if self._failed and self.fail_fast:
             yield JobReport(name=job.name, job=job.name, status="skipped")
             return
+        if job.sync is None:
+            yield from self._run_unlocked(job)
+            return
+        lock = JobLock(self.state.lock_dir, job.name)
+        try:
+            lock.acquire()
+        except JobLockedError as exc:
+            yield JobReport(name=job.name, job=job.name, status="locked", error=_message(exc))
+            return
+        except ConfigError as exc:
+            self._failed = True
+            yield JobReport(name=job.name, job=job.name, status="failed", error=_message(exc))
+            return
+        try:
+            yield from self._run_unlocked(job)
+        finally:
+            lock.release()
+
+    def _run_unlocked(self, job: JobSpec) -> Iterator[JobReport]:
         try:
             layer_jobs = self._expand(job)
         except Exception as exc:  # a listing that fails is this job's failure only
@@ -196,6 +321,7 @@ def run_pipeline(
     job: str | None = None,
     fail_fast: bool = False,
     progress: ProgressFactory | None = None,
+    full_refresh: bool = False,
 ) -> RunReport:
     """Run the jobs of ``spec`` (or only ``job``) in file order; return the :class:`RunReport`.
 
@@ -203,4 +329,4 @@ def run_pipeline(
     default shows nothing. Raises ConfigError only for an unknown ``job`` name; every failure
     of a job is recorded in the report instead (``report.exit_code`` is then 1).
     """
-    return PipelineRun(spec, job=job, fail_fast=fail_fast, progress=progress).run()
+    return PipelineRun(spec, job=job, fail_fast=fail_fast, progress=progress, full_refresh=full_refresh).run()

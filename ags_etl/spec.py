@@ -186,13 +186,26 @@ class SinkSpec(BaseModel):
 
 
 class SyncSpec(_Strict):
-    """Incremental-sync settings; types are checked here, their meaning belongs to the sync runner."""
+    """Incremental sync of a job (see :mod:`ags_etl.sync`): ``cursor_field`` (required) an
+    editor-tracking date or a field that grows on every edit; ``lag`` the overlap read again
+    each run (``30s``, ``5m``, ``2h``, ``1d`` or seconds; for a numeric cursor, in the field's
+    units); ``initial_value`` the cursor of the first run (a date text or a number; default:
+    read everything); ``detect_deletes`` drop from the target the keys the source no longer
+    has; ``key`` the field matching rows of the target (default: the layer's OID field)."""
 
-    cursor_field: str | None = None
+    cursor_field: str = Field(min_length=1)
     lag: str | int | float | None = None
     initial_value: str | int | float | None = None
-    detect_deletes: bool | None = None
-    key: str | None = None
+    detect_deletes: bool = False
+    key: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _values(self) -> SyncSpec:
+        from ags_etl.sync import parse_initial_value, parse_lag
+
+        parse_lag(self.lag)  # ValueError naming the value and the accepted forms
+        parse_initial_value(self.initial_value)
+        return self
 
 
 class JobSpec(_Strict):
@@ -444,6 +457,8 @@ def _fit_issues(job: JobSpec, built: list[Any], loader_cls: Any) -> list[Issue]:
                 f"{describe_crs(target)}; reproject to {required.to_string()} (or drop it: the sink "
                 "reprojects itself), or choose a sink without a fixed CRS such as geoparquet or shapefile",
             ))
+    if job.sync is not None:
+        issues += _sync_issues(job, loader_cls)
     if source.multi_layer and sink.path is not None and LAYER_PLACEHOLDER not in sink.path:
         what = "item" if source.item is not None else "layers"
         issues.append(Issue(
@@ -451,6 +466,40 @@ def _fit_issues(job: JobSpec, built: list[Any], loader_cls: Any) -> list[Issue]:
             f"the source may give several layers ({what}), which would all be written to {sink.path!r}; "
             f"put {LAYER_PLACEHOLDER} in the path, e.g. {_with_placeholder(sink.path)!r}",
         ))
+    return issues
+
+
+def _sync_issues(job: JobSpec, loader_cls: Any) -> list[Issue]:
+    """A sync job's sink can be merged into (GeoParquet) or takes deletes itself; the cursor
+    field and key are among ``source.fields`` when those are listed."""
+    from ags_etl.loaders.base import FileLoader
+    from ags_etl.sync import MERGEABLE_FILE_SINKS
+
+    assert job.sync is not None
+    issues = []
+    sink = job.sink
+    if isinstance(loader_cls, type) and issubclass(loader_cls, FileLoader):
+        if getattr(loader_cls, "name", sink.type) not in MERGEABLE_FILE_SINKS:
+            issues.append(Issue(
+                ("sync",),
+                f"a sync job merges its changes into the previous output, which the {sink.type} sink cannot "
+                f"read back; write GeoParquet (type: geoparquet, path ending in .parquet), or drop sync",
+            ))
+    elif not getattr(loader_cls, "supports_sync", False):
+        issues.append(Issue(
+            ("sync",),
+            f"the {sink.type} sink cannot take part in a sync job (it neither merges nor deletes by key); "
+            "write GeoParquet, or drop sync",
+        ))
+    fields = job.source.fields
+    if fields is not None:
+        listed = {f.lower() for f in fields}
+        for name, value in (("cursor_field", job.sync.cursor_field), ("key", job.sync.key)):
+            if value is not None and value.lower() not in listed:
+                issues.append(Issue(
+                    ("sync", name),
+                    f"{value!r} is not in source.fields; add it there (the sync needs its values)",
+                ))
     return issues
 
 

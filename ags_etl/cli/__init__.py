@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "pull": "ags_etl.cli.pull:pull_cmd",
     "run": "ags_etl.cli.run:run_cmd",
     "serve": "ags_etl.cli.serve:serve_cmd",
+    "state": "ags_etl.cli.state:state_cmd",
     "validate": "ags_etl.cli.validate:validate_cmd",
 }
 

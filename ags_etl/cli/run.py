@@ -1,7 +1,8 @@
 """``ags-etl run FILE``: run the jobs of a pipeline file, show progress, print a summary.
 
 Exit codes: 0 every job succeeded; 1 a job failed (the others still ran unless
-``--fail-fast``); 2 usage error (unknown ``--job``, report folder missing); 78 the file is
+``--fail-fast``); 2 usage error (unknown ``--job``, report folder missing); 75 a sync job
+could not run because another run holds its lock (and no job failed); 78 the file is
 invalid or missing; 130 interrupted.
 """
 
@@ -24,6 +25,11 @@ from ags_etl.runner import PipelineRun
 @click.argument("file", type=click.Path(path_type=Path))  # a missing file is a PipelineFileError (78)
 @click.option("--job", "job_name", metavar="NAME", help="Run only this job (its name as written in the file).")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed job; the rest are reported as skipped.")
+@click.option(
+    "--full-refresh",
+    is_flag=True,
+    help="Sync jobs: ignore their state, read everything, rewrite the output; the state is then replaced.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (no progress, no summary).")
 @click.option(
     "--report",
@@ -32,13 +38,21 @@ from ags_etl.runner import PipelineRun
     help="Also write the summary as JSON to this file (written even when jobs fail).",
 )
 @handle_errors
-def run_cmd(file: Path, job_name: str | None, fail_fast: bool, quiet: bool, report_path: Path | None) -> None:
+def run_cmd(
+    file: Path,
+    job_name: str | None,
+    fail_fast: bool,
+    full_refresh: bool,
+    quiet: bool,
+    report_path: Path | None,
+) -> None:
     """Run the jobs of the pipeline file FILE (all of them, or only --job NAME).
 
     Each output appears only when its job completed. A progress bar per job is shown when
     stderr is a terminal, a line every 5 s or 10 % otherwise; a summary table ends the run.
 
-    Exit codes: 0 every job succeeded; 1 a job failed; 2 usage error; 78 invalid pipeline
+    Exit codes: 0 every job succeeded; 1 a job failed; 2 usage error; 75 a sync job's lock
+    is held by another run (nothing changed; 1 wins if a job failed); 78 invalid pipeline
     file; 130 interrupted.
     """
     if report_path is not None and not (report_path.parent if str(report_path.parent) else Path(".")).is_dir():
@@ -49,7 +63,7 @@ def run_cmd(file: Path, job_name: str | None, fail_fast: bool, quiet: bool, repo
         fail(str(exc), EXIT_CONFIG)
         return
     with make_progress(quiet) as progress:
-        run = PipelineRun(spec, job=job_name, fail_fast=fail_fast, progress=progress)  # unknown --job: exit 2
+        run = PipelineRun(spec, job=job_name, fail_fast=fail_fast, progress=progress, full_refresh=full_refresh)  # unknown --job: exit 2
         try:
             report = run.run()
         finally:  # also when interrupted: the report then says which job stopped and what was skipped
@@ -58,6 +72,6 @@ def run_cmd(file: Path, job_name: str | None, fail_fast: bool, quiet: bool, repo
     if not quiet:
         click.echo(summary_table(report, errors=False))  # errors go to stderr below
     for j in report.jobs:
-        if j.status == "failed":
+        if j.status in ("failed", "locked"):
             click.echo(f"ags-etl: error: job {j.name}: {j.error}", err=True)
     sys.exit(report.exit_code)
