@@ -44,6 +44,8 @@ class LoaderCapabilities:
     ``max_field_name_length``: longer names are shortened by the loader (reported).
     ``single_geometry_type``: a file holds one geometry family only.
     ``supports_tables``: may take a stream without geometry.
+    ``object_storage``: the path may be an ``s3://``, ``gs://`` or ``az://`` URL
+    (:mod:`ags_etl.loaders.storage`).
     """
 
     extensions: tuple[str, ...]
@@ -51,6 +53,7 @@ class LoaderCapabilities:
     max_field_name_length: int | None = None
     single_geometry_type: bool = False
     supports_tables: bool = True
+    object_storage: bool = False
 
 
 @dataclass
@@ -124,18 +127,27 @@ class FileLoader(Loader):
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False, **options: Any) -> None:
         super().__init__(overwrite=overwrite, **options)
-        self.path = Path(path)
+        from ags_etl.loaders.storage import OutputLocation
+
+        #: Where the output goes (a local path or, for loaders with ``object_storage``, a URL).
+        self.location = OutputLocation.parse(path, options.get("storage_options"))
+        if self.location.remote and not self.capabilities.object_storage:
+            raise ConfigError(
+                f"{self.name}: cannot write to {self.location.scheme}:// URLs; object storage takes geoparquet and "
+                "geojson sinks only; write to a local path (and copy it), or choose one of those formats"
+            )
+        self.path = Path(path)  # for a URL only a name for messages: use ``location``
 
     @property
     def target(self) -> str | None:
-        return str(self.path)
+        return str(self.location) if self.location.remote else str(self.path)
 
     def preflight(self) -> None:
         """The folder exists and is writable; no existing target without ``overwrite``."""
-        check_target(self.path, self.overwrite)
+        self.location.preflight(self.overwrite)
 
     def check(self, schema: LayerSchema) -> None:
-        check_target(self.path, self.overwrite)
+        self.location.preflight(self.overwrite)
         super().check(schema)
 
 

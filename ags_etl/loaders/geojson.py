@@ -72,6 +72,7 @@ from ags_etl.loaders.base import (
     atomic_file,
     check_batch_crs,
 )
+from ags_etl.loaders.storage import atomic_output
 from ags_etl.loaders.text import (
     LSTR,
     MAGNITUDE_LIMIT,
@@ -355,15 +356,16 @@ class GeoJSONLoader(FileLoader):
 
     name: ClassVar[str] = "geojson"
     capabilities: ClassVar[LoaderCapabilities] = LoaderCapabilities(
-        extensions=(".geojson", ".json"), required_crs=WGS84, supports_tables=True
+        extensions=(".geojson", ".json"), required_crs=WGS84, supports_tables=True, object_storage=True
     )
-    _options: ClassVar[tuple[str, ...]] = ("precision",)
+    _options: ClassVar[tuple[str, ...]] = ("precision", "storage_options")
 
     class Options(BaseModel):
         """Pipeline-file sink keys besides type/path/overwrite."""
 
         model_config = ConfigDict(extra="forbid")
         precision: int = Field(7, ge=0, le=15)
+        storage_options: dict[str, Any] | None = None
 
     def __init__(self, path: Any, *, overwrite: bool = False, **options: Any) -> None:
         super().__init__(path, overwrite=overwrite, **options)
@@ -372,10 +374,10 @@ class GeoJSONLoader(FileLoader):
 
     @contextlib.contextmanager
     def open(self, schema: LayerSchema) -> Iterator[GeoJSONWriter]:
-        """Write to a temp file beside the target; rename on success, delete on error."""
+        """Write to a temp file beside the target (a URL: uploaded whole); rename on success, delete on error."""
         self.check(schema)
         header = b'{"type":"FeatureCollection","name":' + orjson.dumps(schema.name) + b',"features":['
-        with atomic_file(self.path, self.overwrite) as tmp, tmp.open("wb", buffering=_WRITE_BUFFER) as fh:
+        with atomic_output(self.location, self.overwrite) as tmp, tmp.open("wb", buffering=_WRITE_BUFFER) as fh:
             writer = GeoJSONWriter(fh, schema, loader=self.name, precision=self.precision, seq=False, rs=False)
             fh.write(header)
             yield writer

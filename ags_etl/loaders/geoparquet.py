@@ -52,7 +52,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import ConfigError, LoadError
-from ags_etl.loaders.base import FileLoader, LoaderCapabilities, LoadStats, atomic_file, check_batch_crs
+from ags_etl.loaders.base import FileLoader, LoaderCapabilities, LoadStats, check_batch_crs
+from ags_etl.loaders.storage import atomic_output, names_folder
 from ags_etl.schema import LayerSchema
 
 __all__ = ["DEFAULT_ROW_GROUP_BYTES", "DEFAULT_ROW_GROUP_SIZE", "GEOPARQUET_VERSION", "GeoParquetLoader"]
@@ -90,7 +91,14 @@ class _GeoParquetWriter:
     """Converts batches to Arrow, buffers up to one row group, tracks bbox and types."""
 
     def __init__(
-        self, schema: LayerSchema, path: Path, row_group_size: int, row_group_bytes: int, stats: LoadStats
+        self,
+        schema: LayerSchema,
+        path: Path,
+        row_group_size: int,
+        row_group_bytes: int,
+        stats: LoadStats,
+        *,
+        store_schema: bool = True,
     ) -> None:
         self.stats = stats
         self._layer = schema.name
@@ -118,7 +126,9 @@ class _GeoParquetWriter:
         self._types: set[str] = set()
         self._bounds = [math.inf, math.inf, -math.inf, -math.inf]
         try:
-            self._writer = pq.ParquetWriter(path, self._file_schema, compression=COMPRESSION)
+            # store_schema=False (dataset parts): no ARROW:schema, so readers of a folder take the footer's
+            # "geo" as the schema metadata (pyarrow exposes ARROW:schema's metadata instead when present).
+            self._writer = pq.ParquetWriter(path, self._file_schema, compression=COMPRESSION, store_schema=store_schema)
         except (OSError, pa.ArrowException) as exc:
             raise LoadError(f"geoparquet: cannot create {str(path)!r}: {exc}") from exc
 
@@ -263,7 +273,7 @@ class GeoParquetLoader(FileLoader):
 
     name: ClassVar[str] = "geoparquet"
     capabilities: ClassVar[LoaderCapabilities] = LoaderCapabilities(
-        extensions=(".parquet", ".geoparquet"), supports_tables=True
+        extensions=(".parquet", ".geoparquet"), supports_tables=True, object_storage=True
     )
 
     class Options(BaseModel):
@@ -272,14 +282,20 @@ class GeoParquetLoader(FileLoader):
         model_config = ConfigDict(extra="forbid")
         row_group_size: int = Field(DEFAULT_ROW_GROUP_SIZE, ge=1)
         row_group_bytes: int = Field(DEFAULT_ROW_GROUP_BYTES, ge=1)
+        partitioned: bool = False
+        rows_per_part: int = Field(1_000_000, ge=1)
+        storage_options: dict[str, Any] | None = None
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False, **options: Any) -> None:
         super().__init__(path, overwrite=overwrite, **options)
-        unknown = sorted(set(options) - {"row_group_size", "row_group_bytes"})
+        known = {"row_group_size", "row_group_bytes", "partitioned", "rows_per_part", "storage_options"}
+        unknown = sorted(set(options) - known)
         if unknown:
-            raise ConfigError(
-                f"geoparquet: unknown option(s) {unknown}; known options: row_group_size, row_group_bytes"
-            )
+            raise ConfigError(f"geoparquet: unknown option(s) {unknown}; known options: {', '.join(sorted(known))}")
+        # A dataset folder of part files (ags_etl.loaders.geoparquet_dataset): a path ending in "/" or partitioned.
+        self.partitioned: bool = bool(options.get("partitioned")) or names_folder(path)
+        self.location = self.location.as_folder(self.partitioned)
+        self.rows_per_part: int = options.get("rows_per_part", 1_000_000)
         size = options.get("row_group_size", DEFAULT_ROW_GROUP_SIZE)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ConfigError(f"geoparquet: row_group_size={size!r} must be a whole number of rows, 1 or more")
@@ -294,7 +310,17 @@ class GeoParquetLoader(FileLoader):
         """Writer for ``schema``; the file appears only when the with-block ends without error."""
         self.check(schema)
         stats = LoadStats()
-        with atomic_file(self.path, self.overwrite) as tmp:
+        if self.partitioned:
+            from ags_etl.loaders.geoparquet_dataset import open_dataset
+
+            with open_dataset(
+                self.location, schema, overwrite=self.overwrite, rows_per_part=self.rows_per_part,
+                row_group_size=self.row_group_size, row_group_bytes=self.row_group_bytes,
+            ) as dataset:
+                yield dataset  # type: ignore[misc]
+            dataset.stats.outputs.append(self.path)
+            return
+        with atomic_output(self.location, self.overwrite) as tmp:
             writer = _GeoParquetWriter(schema, tmp, self.row_group_size, self.row_group_bytes, stats)
             try:
                 yield writer
