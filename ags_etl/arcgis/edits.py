@@ -136,6 +136,8 @@ class FieldMap:
     pairs: tuple[tuple[str, Field], ...]
     key_source: str | None
     key_target: str | None
+    #: Source fields left out because their namesake in the target is filled by the server.
+    skipped: tuple[str, ...] = ()
 
     @property
     def target_names(self) -> list[str]:
@@ -169,7 +171,8 @@ def plan_field_map(
     The source's OID field is left out (the target numbers its own features), as is a source
     GlobalID field unless an override maps it. ``maintained`` names target fields the server
     fills itself (lower-case name → why: "object id", "global id", "editor tracking", "not
-    editable"); mapping onto one is an error. ``defaults`` names (lower-case) the target
+    editable"); a source field that only matches one by name is left out (listed in
+    ``skipped``: a source's own editor-tracking fields, say), an override onto one is an error. ``defaults`` names (lower-case) the target
     fields with a default value, which need no source field even when not nullable. ``key`` is a source field name; its target is its
     mapped field. ``target_label`` names the target layer in messages.
     """
@@ -180,6 +183,7 @@ def plan_field_map(
         if _find(name, src_fields) is None:
             problems.append(f"fields: {name!r} is not a source field (source fields: {', '.join(src_fields)})")
     pairs: list[tuple[str, Field]] = []
+    skipped: list[str] = []
     used: dict[str, str] = {}
     for name, sf in src_fields.items():
         override = next((v for k, v in overrides.items() if k.lower() == name.lower()), ...)
@@ -197,6 +201,9 @@ def plan_field_map(
             )
             continue
         why = maintained.get(tf.name.lower())
+        if why is not None and override is ...:
+            skipped.append(name)  # e.g. a source's own editor-tracking fields: the target sets its own
+            continue
         if why is not None:
             problems.append(
                 f"source field {name!r} would be written to {tf.name!r}, which {target_label} fills itself "
@@ -254,7 +261,7 @@ def plan_field_map(
         )
     if problems:
         raise CapabilityError(f"feature_service: cannot write to {target_label}: " + "; ".join(problems))
-    return FieldMap(tuple(pairs), key_source, key_target)
+    return FieldMap(tuple(pairs), key_source, key_target, tuple(skipped))
 
 
 # ---------------------------------------------------------------------------- values

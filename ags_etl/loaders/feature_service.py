@@ -316,6 +316,11 @@ class _EditWriter:
             defaults=_with_defaults(info),
             target_label=f"target layer {self.where}",
         )
+        if self.fmap.skipped:
+            self.stats.warnings.append(
+                f"feature_service: source field(s) {', '.join(self.fmap.skipped)} not written: {self.where} fills "
+                "its fields of those names itself"
+            )
         self._check_crs(info)
         self.sizer = plan.BatchSizer.start(plan.initial_batch_size(info.schema.geometry_type, self.loader.batch_size))
         if mode in ("upsert", "mirror"):

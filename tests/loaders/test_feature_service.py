@@ -3,18 +3,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import fiona
+import requests
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import shapely
-from pyproj import CRS
+from pyproj import CRS, Transformer
 
 from ags_etl.arcgis import edits as plan
 from ags_etl.errors import ArcGISError, CapabilityError
+from ags_etl.extractors.feature_layer import FeatureLayerExtractor
+from ags_etl.loaders.feature_service import FeatureServiceLoader
+from ags_etl.pipeline import Pipeline, RunResult
+from ags_etl.server.testing import run_server
 from ags_etl.schema import Field, LayerSchema
 from ags_etl.spec import JobSpec, SinkSpec, SourceSpec, check_job
+from tests.cli.helpers import ags
 
 WGS84 = CRS.from_epsg(4326)
 MERCATOR = CRS.from_epsg(3857)
@@ -37,7 +50,14 @@ def test_field_map_by_name_with_overrides_drops_and_source_oid_left_out() -> Non
         maintained={"objectid": "object id"}, target_label="T",
     )
     assert [(s, t.name) for s, t in fmap.pairs] == [("code", "CODE"), ("Pop", "population")]
+    assert fmap.skipped == ()
     assert (fmap.key_source, fmap.key_target) == ("code", "CODE")
+    # a field the server fills itself is left out when it only matches by name
+    source = _schema(Field("code", "esriFieldTypeString"), Field("EditDate", "esriFieldTypeDate"))
+    target = _schema(Field("code", "esriFieldTypeString"), Field("EditDate", "esriFieldTypeDate"))
+    fmap = plan.plan_field_map(source, target, overrides={}, key=None,
+                               maintained={"editdate": "editor tracking"}, target_label="T")
+    assert [s for s, _ in fmap.pairs] == ["code"] and fmap.skipped == ("EditDate",)
 
 
 def test_field_map_lists_every_problem_at_once() -> None:
@@ -46,6 +66,7 @@ def test_field_map_lists_every_problem_at_once() -> None:
         Field("extra", "esriFieldTypeString"),
         Field("ratio", "esriFieldTypeDouble"),
         Field("Editor", "esriFieldTypeString"),
+        Field("who", "esriFieldTypeString"),
         geometry="esriGeometryPolygon",
     )
     target = _schema(
@@ -56,14 +77,14 @@ def test_field_map_lists_every_problem_at_once() -> None:
     )
     with pytest.raises(CapabilityError) as info:
         plan.plan_field_map(
-            source, target, overrides={"nope": "x"}, key="id",
+            source, target, overrides={"nope": "x", "who": "Editor"}, key="id",
             maintained={"objectid": "object id", "editor": "editor tracking"}, target_label="target layer T",
         )
     text = str(info.value)
     assert "'nope' is not a source field" in text
     assert "source field 'extra' has no field 'extra' in target layer T" in text and "{extra: null}" in text
     assert "'ratio' (esriFieldTypeDouble) cannot be written to 'ratio' (esriFieldTypeInteger)" in text
-    assert "'Editor'" in text and "editor tracking" in text
+    assert "source field 'who' would be written to 'Editor'" in text and "editor tracking" in text
     assert "key 'id' is not a source field" in text
     assert "target field 'must' of target layer T may not be null" in text
     assert "holds esriGeometryPoint geometries, the source has esriGeometryPolygon" in text
@@ -209,3 +230,242 @@ def test_options_checked_offline() -> None:
     assert any("takes url, not path" in i for i in issues), issues
     issues = [str(i) for i in check_job(_job(url="http://u:pw@127.0.0.1:1/x/FeatureServer/0", mode="append"))]
     assert issues and all("pw" not in i for i in issues)
+
+
+# ---------------------------------------------------------------------------- over HTTP
+#
+# The source is a read-only `ags-etl serve` of a GeoJSON file in EPSG:4326; the target an
+# `ags-etl serve --editable` of a point shapefile in EPSG:3857 (its text fields hold at most 8
+# and 12 characters) whose one feature, key "SEED", is not in the source. The target's access
+# log counts applyEdits requests.
+
+N = 60
+
+
+def _source_rows(n: int = N, *, changed: frozenset[int] = frozenset(), skip: frozenset[int] = frozenset()) -> list[dict]:
+    rows = []
+    for i in range(n):
+        if i in skip:
+            continue
+        rows.append({
+            "OBJECTID": i + 1,
+            "code": f"K{i:03d}",
+            "name": f"n{i}" + ("x" if i in changed else ""),
+            "pop": i * 10 + (1 if i in changed else 0),
+            "ratio": i / 7,
+            "when": f"20{i % 30:02d}-01-02T03:04:05Z",
+            "xy": (-122.0 + i * 0.01, 37.0 + (i % 5) * 0.01),
+        })
+    return rows
+
+
+def _write_source(folder: Path, rows: list[dict], name: str = "src") -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    feats = [
+        {"type": "Feature", "properties": {k: v for k, v in r.items() if k != "xy"},
+         "geometry": {"type": "Point", "coordinates": list(r["xy"])}}
+        for r in rows
+    ]
+    (folder / f"{name}.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    return name
+
+
+def _write_target(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    schema = {"geometry": "Point",
+              "properties": {"code": "str:8", "name": "str:12", "pop": "int", "ratio": "float", "when": "date"}}
+    with fiona.open(folder / "tgt.shp", "w", driver="ESRI Shapefile", schema=schema, crs="EPSG:3857") as dst:
+        dst.write({"geometry": {"type": "Point", "coordinates": (1000.0, 2000.0)},
+                   "properties": {"code": "SEED", "name": "seed", "pop": 1, "ratio": 0.5, "when": "2001-01-01"}})
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a read-only server with layers src (N points), changed (3 values differ,
+    2 features gone), long (one name too long for the target)."""
+    folder = tmp_path_factory.mktemp("fs-source")
+    _write_source(folder, _source_rows())
+    _write_source(folder, _source_rows(changed=frozenset({1, 2, 3}), skip=frozenset({10, 11})), "changed")
+    long_rows = _source_rows()
+    long_rows[7]["name"] = "much too long a name"
+    _write_source(folder, long_rows, "long")
+    with run_server(folder) as base:
+        yield base
+
+
+#: Access log → base URL of the server writing it.
+_SERVERS: dict[Path, str] = {}
+
+
+@contextlib.contextmanager
+def _target(tmp_path: Path, *args: str) -> Iterator[tuple[str, Path]]:
+    """(target layer URL, access log) of a fresh editable server."""
+    _write_target(tmp_path / "tgt")
+    log = tmp_path / "access.log"
+    with run_server(tmp_path / "tgt", "--editable", "--store", str(tmp_path / "store"), *args, log_path=log) as base:
+        _SERVERS[log] = base
+        yield f"{base}/arcgis/rest/services/tgt/FeatureServer/0", log
+
+
+def post_json(url: str, **params: object) -> dict:
+    response = requests.post(url, data={"f": "json", **params}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _edit_requests(log: Path) -> int:
+    """applyEdits requests in the access log, once a marker request sent now has been logged (the
+    server logs each request after answering it)."""
+    marker = f"/arcgis/rest/info/{time.monotonic_ns()}"
+    requests.get(_SERVERS[log] + marker, timeout=30)
+    for _ in range(100):
+        text = log.read_text()
+        if marker in text:
+            return sum(1 for line in text.splitlines() if "/applyEdits" in line)
+        time.sleep(0.05)
+    raise AssertionError(f"the server never logged {marker}")
+
+
+def _features(layer: str, **params: object) -> list[dict]:
+    answer = post_json(f"{layer}/query", where="1=1", outFields="*", returnGeometry="true", **params)
+    return answer["features"]
+
+
+def _by_code(layer: str) -> dict[str, dict]:
+    feats = _features(layer)
+    codes = [f["attributes"]["code"] for f in feats]
+    assert len(codes) == len(set(codes)), "a key is in the target twice"
+    return {f["attributes"]["code"]: f for f in feats}
+
+
+def _run(source_url: str, loader: FeatureServiceLoader) -> RunResult:
+    return Pipeline(FeatureLayerExtractor(source_url), [], loader).run()
+
+
+def _layer(base: str, name: str = "src") -> str:
+    return f"{base}/arcgis/rest/services/{name}/FeatureServer/0"
+
+
+def test_upsert_reprojects_then_a_second_upsert_sends_nothing(source: str, tmp_path: Path) -> None:
+    with _target(tmp_path) as (target, log):
+        result = _run(_layer(source), FeatureServiceLoader(target, mode="upsert", key="code"))
+        assert result.load.features == N
+        held = _by_code(target)
+        assert set(held) == {f"K{i:03d}" for i in range(N)} | {"SEED"}  # upsert keeps what the source lacks
+        to_merc = Transformer.from_crs(4326, 3857, always_xy=True)
+        for row in _source_rows():
+            f = held[row["code"]]
+            x, y = to_merc.transform(*row["xy"])
+            assert f["geometry"]["x"] == pytest.approx(x, abs=1e-6) and f["geometry"]["y"] == pytest.approx(y, abs=1e-6)
+            assert (f["attributes"]["name"], f["attributes"]["pop"]) == (row["name"], row["pop"])
+            assert f["attributes"]["ratio"] == pytest.approx(row["ratio"], rel=1e-12)
+        sent = _edit_requests(log)
+        assert sent >= 1
+        again = _run(_layer(source), FeatureServiceLoader(target, mode="upsert", key="code"))
+        assert _edit_requests(log) == sent, "an immediate second upsert sent applyEdits"
+        assert (again.load.added, again.load.updated, again.load.unchanged) == (0, 0, N)  # type: ignore[attr-defined]
+
+
+def test_mirror_updates_only_what_changed_and_deletes_what_is_gone(source: str, tmp_path: Path) -> None:
+    with _target(tmp_path) as (target, _log):
+        _run(_layer(source), FeatureServiceLoader(target, mode="mirror", key="code"))
+        before = _by_code(target)
+        assert "SEED" not in before and len(before) == N
+        result = _run(_layer(source, "changed"), FeatureServiceLoader(target, mode="mirror", key="code"))
+        stats = result.load
+        assert (stats.added, stats.updated, stats.deleted, stats.unchanged) == (0, 3, 2, N - 5)  # type: ignore[attr-defined]
+        after = _by_code(target)
+        assert set(after) == {f"K{i:03d}" for i in range(N)} - {"K010", "K011"}
+        assert after["K001"]["attributes"]["name"] == "n1x"
+        # updates keep the feature (same OBJECTID); unchanged features were not touched
+        assert after["K001"]["attributes"]["OBJECTID"] == before["K001"]["attributes"]["OBJECTID"]
+        assert after["K020"]["attributes"]["EditDate"] == before["K020"]["attributes"]["EditDate"]
+
+
+def test_append_adds_and_replace_empties_first(source: str, tmp_path: Path) -> None:
+    with _target(tmp_path) as (target, _log):
+        _run(_layer(source), FeatureServiceLoader(target, mode="append"))
+        _run(_layer(source), FeatureServiceLoader(target, mode="append"))
+        assert len(_features(target)) == 2 * N + 1
+        _run(_layer(source), FeatureServiceLoader(target, mode="replace"))
+        codes = sorted(f["attributes"]["code"] for f in _features(target))
+        assert codes == sorted(f"K{i:03d}" for i in range(N))
+
+
+def test_mapping_problems_are_reported_before_any_edit(source: str, tmp_path: Path) -> None:
+    with _target(tmp_path) as (target, log):
+        before = _by_code(target)
+        loader = FeatureServiceLoader(target, mode="upsert", key="code", fields={"pop": "population", "nope": "x"})
+        with pytest.raises(CapabilityError) as info:
+            _run(_layer(source), loader)
+        text = str(info.value)
+        assert "source field 'pop' has no field 'population'" in text and "'nope' is not a source field" in text
+        missing_key = FeatureServiceLoader(target, mode="upsert", key="code", fields={"code": None})
+        with pytest.raises(CapabilityError, match="key 'code' maps to no field"):
+            _run(_layer(source), missing_key)
+        assert _edit_requests(log) == 0
+        assert _by_code(target).keys() == before.keys()
+
+
+def test_lost_answers_never_duplicate(source: str, tmp_path: Path) -> None:
+    with _target(tmp_path, "--drop-edit-answers", "2") as (target, log):
+        result = _run(_layer(source), FeatureServiceLoader(target, mode="upsert", key="code", batch_size=16, timeout=10))
+        held = _by_code(target)  # asserts every key once
+        assert set(held) == {f"K{i:03d}" for i in range(N)} | {"SEED"}
+        assert result.load.lost_answers == 2 and result.load.added == N  # type: ignore[attr-defined]
+        assert "dropped after commit" in log.read_text()
+        # without a key, the layer's count tells whether the lost batch arrived
+    with _target(tmp_path / "nokey", "--drop-edit-answers", "1") as (target, _log):
+        _run(_layer(source), FeatureServiceLoader(target, mode="append", batch_size=25, timeout=10))
+        assert len(_features(target)) == N + 1
+
+
+def test_dry_run_prints_the_edits_and_sends_nothing(source: str, tmp_path: Path) -> None:
+    with _target(tmp_path) as (target, log):
+        _run(_layer(source, "changed"), FeatureServiceLoader(target, mode="upsert", key="code"))
+        sent = _edit_requests(log)
+        pipeline_file = tmp_path / "p.yaml"
+        pipeline_file.write_text(json.dumps({"version": 1, "jobs": [{
+            "name": "push", "source": {"url": _layer(source)},
+            "sink": {"type": "feature_service", "url": target, "mode": "mirror", "key": "code"},
+        }]}))
+        proc = ags("run", str(pipeline_file), "--dry-run", "-q")
+        assert proc.returncode == 0, proc.stderr
+        lines = [line.split(": ", 2)[2] for line in proc.stdout.splitlines() if line.startswith("dry run: ")]
+        assert sorted(lines) == sorted(
+            ["add key='K010'", "add key='K011'"]
+            + [f"update key='K00{i}' objectid={held}" for i, held in
+               ((i, _by_code(target)[f"K00{i}"]["attributes"]["OBJECTID"]) for i in (1, 2, 3))]
+            + [f"delete key='SEED' objectid={_by_code(target)['SEED']['attributes']['OBJECTID']}"]
+        ), proc.stdout
+        assert _edit_requests(log) == sent
+
+
+def test_values_the_target_cannot_hold_are_reported_and_the_rest_arrives(source: str, tmp_path: Path) -> None:
+    with _target(tmp_path, "--token-auth", "editor:s3cret-pw", "--token-ttl", "1", "--latency-ms", "60") as (target, log):
+        pipeline_file = tmp_path / "p.yaml"
+        pipeline_file.write_text(json.dumps({"version": 1, "jobs": [{
+            "name": "push", "source": {"url": _layer(source, "long")},
+            "sink": {"type": "feature_service", "url": target, "mode": "upsert", "key": "code", "batch_size": 4,
+                     "auth": {"username": "editor", "password": "${TARGET_PW}"}},
+        }]}))
+        report = tmp_path / "report.json"
+        proc = ags("run", str(pipeline_file), "--report", str(report), env={"TARGET_PW": "s3cret-pw"})
+        assert proc.returncode == 1, proc.stderr
+        assert "'K007'" in proc.stderr and "holds at most 12 characters" in proc.stderr
+        held = _by_code_auth(target)
+        assert set(held) == {f"K{i:03d}" for i in range(N) if i != 7} | {"SEED"}
+        for text in (proc.stdout, proc.stderr, report.read_text()):
+            assert "s3cret-pw" not in text
+        _edit_requests(log)
+        assert log.read_text().count("/tokens/generateToken") >= 3  # the 1 s token was renewed mid-run
+
+
+def _by_code_auth(layer: str) -> dict[str, dict]:
+    base = layer.split("/arcgis/")[0]
+    token = post_json(f"{base}/arcgis/tokens/generateToken", username="editor", password="s3cret-pw",
+                      client="referer", referer="t")["token"]
+    feats = post_json(f"{layer}/query", where="1=1", outFields="code", returnGeometry="false", token=token)["features"]
+    codes = [f["attributes"]["code"] for f in feats]
+    assert len(codes) == len(set(codes))
+    return {c: f for c, f in zip(codes, feats, strict=True)}
