@@ -130,3 +130,20 @@ def build_pipeline(job: JobSpec, *, progress: Callable[[int, int | None], None] 
     loader = make_plugin("loaders", sink.type, sink.options, *loader_args, overwrite=sink.overwrite)
     extractor = build_extractor(job.source)
     return Pipeline(extractor, transformers, loader, progress=progress)
+
+
+def dry_run_job(job: JobSpec) -> JobSpec:
+    """``job`` with ``dry_run: true`` added to its sink (``ags-etl run --dry-run``): a sink that
+    edits a service prints the edits it would send and sends none. A sink without a dry run
+    (the file sinks) raises ConfigError naming the job."""
+    from ags_etl.registry import load, options_model
+    from ags_etl.spec import SinkSpec
+
+    sink = job.sink
+    if "dry_run" not in options_model(load("loaders", sink.type), "loaders", sink.type).model_fields:
+        raise ConfigError(
+            f"job {job.name!r}: --dry-run previews the edits of a feature_service sink, and the {sink.type} sink has "
+            "no dry run; run this job without --dry-run (pick the others with --job)"
+        )
+    dry = SinkSpec.model_validate({**sink.model_dump(), "dry_run": True})
+    return job.model_copy(update={"sink": dry})

@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from ags_etl.arcgis.catalog import expand_job
 from ags_etl.arcgis.client import ArcGISClient, redact
 from ags_etl.batch import FeatureBatch
-from ags_etl.build import build_auth, build_extractor, build_pipeline, network_options
+from ags_etl.build import build_auth, build_extractor, build_pipeline, dry_run_job, network_options
 from ags_etl.errors import AgsEtlError, ConfigError, JobLockedError
 from ags_etl.extractors.feature_layer import ExtractStats
 from ags_etl.loaders.base import FileLoader, stale_temp_outputs
@@ -103,8 +103,10 @@ class PipelineRun:
         fail_fast: bool = False,
         progress: ProgressFactory | None = None,
         full_refresh: bool = False,
+        dry_run: bool = False,
     ) -> None:
         self.jobs = select_jobs(spec, job)
+        self.dry_run = dry_run  # feature_service sinks print their edits and send none
         self.full_refresh = full_refresh
         self.state = StateStore(state_path(spec.path, spec.state))
         self.fail_fast = fail_fast
@@ -155,7 +157,7 @@ class PipelineRun:
         pipeline: Pipeline | None = None
         sync: SyncOutcome | None = None
         try:
-            pipeline = build_pipeline(layer_job, progress=bar)
+            pipeline = build_pipeline(dry_run_job(layer_job) if self.dry_run else layer_job, progress=bar)
             if layer_job.sync is not None:
                 sync = self._prepare_sync(layer_job, pipeline)
             result = pipeline.run()
@@ -322,6 +324,7 @@ def run_pipeline(
     fail_fast: bool = False,
     progress: ProgressFactory | None = None,
     full_refresh: bool = False,
+    dry_run: bool = False,
 ) -> RunReport:
     """Run the jobs of ``spec`` (or only ``job``) in file order; return the :class:`RunReport`.
 
@@ -329,4 +332,6 @@ def run_pipeline(
     default shows nothing. Raises ConfigError only for an unknown ``job`` name; every failure
     of a job is recorded in the report instead (``report.exit_code`` is then 1).
     """
-    return PipelineRun(spec, job=job, fail_fast=fail_fast, progress=progress, full_refresh=full_refresh).run()
+    return PipelineRun(
+        spec, job=job, fail_fast=fail_fast, progress=progress, full_refresh=full_refresh, dry_run=dry_run
+    ).run()

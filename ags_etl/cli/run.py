@@ -30,6 +30,11 @@ from ags_etl.runner import PipelineRun
     is_flag=True,
     help="Sync jobs: ignore their state, read everything, rewrite the output; the state is then replaced.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="feature_service sinks: print the adds, updates and deletes each job would send, and send nothing.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (no progress, no summary).")
 @click.option(
     "--report",
@@ -43,6 +48,7 @@ def run_cmd(
     job_name: str | None,
     fail_fast: bool,
     full_refresh: bool,
+    dry_run: bool,
     quiet: bool,
     report_path: Path | None,
 ) -> None:
@@ -63,7 +69,9 @@ def run_cmd(
         fail(str(exc), EXIT_CONFIG)
         return
     with make_progress(quiet) as progress:
-        run = PipelineRun(spec, job=job_name, fail_fast=fail_fast, progress=progress, full_refresh=full_refresh)  # unknown --job: exit 2
+        run = PipelineRun(  # unknown --job: exit 2
+            spec, job=job_name, fail_fast=fail_fast, progress=progress, full_refresh=full_refresh, dry_run=dry_run
+        )
         try:
             report = run.run()
         finally:  # also when interrupted: the report then says which job stopped and what was skipped
