@@ -17,11 +17,10 @@ note, a forced ``pbf`` fails.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import json
 
 import pytest
 import requests
