@@ -577,7 +577,7 @@ def prepared_target(store: LayerStore, attributes: Any, use_global_ids: bool) ->
 def _transactions(stores: list[LayerStore]) -> Iterator[dict[int, sqlite3.Connection]]:
     """Write locks and an open transaction on each store (path order); yields conns by id(store).
 
-    The caller commits with :func:`_commit_all`; anything left open is rolled back.
+    The caller commits each connection; any transaction still open on exit is rolled back.
     """
     with contextlib.ExitStack() as stack:
         conns: dict[int, sqlite3.Connection] = {}
