@@ -52,7 +52,7 @@ def test_point_layer_json(server: str) -> None:
     assert layer["objectIdField"] == "OBJECTID"
     assert layer["maxRecordCount"] == 1000
     assert layer["capabilities"] == "Query"
-    assert layer["supportedQueryFormats"] == "JSON, geoJSON"
+    assert layer["supportedQueryFormats"] == "JSON, geoJSON, PBF"
     assert layer["supportsPagination"] is True
     assert layer["supportsStatistics"] is True
     assert layer["supportsAdvancedQueries"] is True

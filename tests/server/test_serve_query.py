@@ -335,7 +335,7 @@ def test_null_geometry_in_geojson(server: str) -> None:
 
 
 def test_unsupported_format_is_an_error(server: str) -> None:
-    body = requests.get(layer_url(server, "points") + "/query", params={"where": "1=1", "f": "pbf"}, timeout=30).json()
+    body = requests.get(layer_url(server, "points") + "/query", params={"where": "1=1", "f": "kmz"}, timeout=30).json()
     assert body["error"]["code"] == 400
 
 
