@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -96,6 +97,17 @@ def is_url(path: str | os.PathLike[str]) -> bool:
 def names_folder(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is text ending in ``/`` (a dataset folder rather than a file)."""
     return isinstance(path, str) and (path.endswith("/") or path.endswith(os.sep))
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported (without importing it). A ``None`` entry in
+    ``sys.modules`` marks a module as blocked, as Python's import system treats it."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def redact_secrets(text: str) -> str:
@@ -222,7 +234,7 @@ class OutputLocation:
         if scheme is None:
             return
         _protocol, module, package = BACKENDS[scheme]
-        missing = [m for m in ("fsspec", module) if importlib.util.find_spec(m) is None]
+        missing = [m for m in ("fsspec", module) if not _installed(m)]
         if missing:
             raise ConfigError(
                 f"writing to {scheme}:// needs {' and '.join(p if p != module else package for p in missing)}, "
