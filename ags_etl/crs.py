@@ -21,14 +21,26 @@ Every failure is a :class:`~ags_etl.errors.ConfigError` that names the value and
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
-from pyproj import CRS
+from pyproj import CRS, Transformer
+from pyproj.enums import WktVersion
 from pyproj.exceptions import CRSError
 
 from ags_etl.errors import ConfigError
 
-__all__ = ["CRSLike", "crs_from_spatial_reference", "describe_crs", "parse_crs"]
+__all__ = [
+    "CRSLike",
+    "crs_from_spatial_reference",
+    "crs_key",
+    "describe_crs",
+    "esri_code_json",
+    "parse_crs",
+    "sr_json",
+    "transform_bounds",
+    "transformer",
+]
 
 #: What :func:`parse_crs` accepts.
 CRSLike = str | int | dict[str, Any] | CRS
@@ -183,3 +195,77 @@ def _parse_dict(value: dict[str, Any]) -> CRS:
         raise ConfigError(
             f"CRS {_shorten(value)} is neither an Esri spatialReference nor PROJJSON ({_reason(exc)}); {_FIX}"
         ) from exc
+
+
+# --------------------------------------------------------------------------- CRS → Esri JSON, transforms
+
+
+def sr_json(crs: CRS) -> dict[str, Any]:
+    """The Esri ``spatialReference`` JSON of a CRS: its EPSG code, else its ESRI code, else Esri WKT1.
+
+    Web Mercator (and ArcGIS's historic codes for it) is ``{"wkid": 102100, "latestWkid": 3857}``,
+    as every ArcGIS release since 10.1 writes it; other EPSG codes are ``{"wkid": N, "latestWkid": N}``;
+    OGC:CRS84 (lon/lat) is 4326, whose x is longitude in Esri JSON too.
+    """
+    epsg = epsg_of(crs)
+    if epsg is not None:
+        return esri_code_json(epsg)
+    auth = crs.to_authority()
+    if auth is not None and auth[0] == "ESRI":
+        code = int(auth[1])
+        return esri_code_json(code) if code in WEB_MERCATOR_CODES else {"wkid": code}
+    return {"wkt": crs.to_wkt(WktVersion.WKT1_ESRI) or crs.to_wkt()}
+
+
+#: Esri's codes for Web Mercator (102100 current, 102113 and 900913 historic).
+WEB_MERCATOR_CODES = frozenset({3857, 102100, 102113, 900913})
+
+
+def epsg_of(crs: CRS) -> int | None:
+    """The EPSG code of a CRS (OGC:CRS84 counts as 4326), or None."""
+    authority = crs.to_authority()
+    if authority is not None and authority == ("OGC", "CRS84"):
+        return 4326
+    return crs.to_epsg()
+
+
+def esri_code_json(code: int) -> dict[str, Any]:
+    """``spatialReference`` JSON for a wkid (Web Mercator's codes all become 102100/3857)."""
+    if code in WEB_MERCATOR_CODES:
+        return {"wkid": 102100, "latestWkid": 3857}
+    return {"wkid": code, "latestWkid": code}
+
+
+def crs_key(crs: CRS) -> str:
+    """A cache key for a CRS: the definition it was made from (``EPSG:4326``, WKT, PROJ …).
+
+    Exact, never a best match: two CRSs with one key are the same CRS (the same CRS made
+    from two spellings merely gets two cache entries).
+    """
+    return crs.srs
+
+
+_transformers: dict[tuple[str, str], Transformer] = {}
+_transformers_lock = threading.Lock()
+
+
+def transformer(src: CRS, dst: CRS, *, src_key: str | None = None, dst_key: str | None = None) -> Transformer:
+    """A cached ``always_xy`` transformer from ``src`` to ``dst`` (the one cache of the package).
+
+    pyproj ≥ 3.1 transformers are safe to share between threads. ``src_key``/``dst_key``
+    skip computing :func:`crs_key` when the caller already has one.
+    """
+    key = (src_key or crs_key(src), dst_key or crs_key(dst))
+    found = _transformers.get(key)
+    if found is not None:
+        return found
+    made = Transformer.from_crs(src, dst, always_xy=True)
+    with _transformers_lock:
+        return _transformers.setdefault(key, made)
+
+
+def transform_bounds(bounds: tuple[float, float, float, float], src: CRS, dst: CRS) -> tuple[float, float, float, float]:
+    """An envelope in ``src`` → the envelope (edges densified, 21 points) that holds it in ``dst``."""
+    xmin, ymin, xmax, ymax = bounds
+    out = transformer(src, dst).transform_bounds(xmin, ymin, xmax, ymax, densify_pts=21)
+    return float(out[0]), float(out[1]), float(out[2]), float(out[3])

@@ -7,7 +7,7 @@ import json
 import pytest
 from pyproj import CRS, Transformer
 
-from ags_etl.crs import crs_from_spatial_reference, describe_crs, parse_crs
+from ags_etl.crs import crs_from_spatial_reference, describe_crs, parse_crs, sr_json, transform_bounds, transformer
 from ags_etl.errors import ConfigError
 
 WGS84 = CRS.from_epsg(4326)
@@ -148,3 +148,47 @@ def test_describe_crs() -> None:
     assert describe_crs(WGS84) == "EPSG:4326 (WGS 84)"
     assert describe_crs(None) == "unknown CRS"
     assert json.dumps(describe_crs(parse_crs("+proj=merc +lon_0=10 +ellps=GRS80")))
+
+
+# --------------------------------------------------------------------------- one codec, one cache
+
+
+@pytest.mark.parametrize(
+    "crs, expected",
+    [
+        (WGS84, {"wkid": 4326, "latestWkid": 4326}),
+        (CRS.from_user_input("OGC:CRS84"), {"wkid": 4326, "latestWkid": 4326}),
+        (WEB_MERCATOR, {"wkid": 102100, "latestWkid": 3857}),
+        (CRS.from_authority("ESRI", 102100), {"wkid": 102100, "latestWkid": 3857}),
+        (CA3, {"wkid": 2227, "latestWkid": 2227}),
+        (CRS.from_authority("ESRI", 54009), {"wkid": 54009}),  # Mollweide: ESRI code, no EPSG one
+    ],
+)
+def test_sr_json_round_trips_through_the_spatial_reference_reader(crs: CRS, expected: dict) -> None:
+    assert sr_json(crs) == expected
+    assert crs_from_spatial_reference(sr_json(crs)).equals(crs, ignore_axis_order=True)
+
+
+def test_sr_json_of_a_crs_without_code_is_esri_wkt_that_reads_back() -> None:
+    custom = CRS.from_proj4("+proj=tmerc +lat_0=1 +lon_0=2.5 +k=0.9 +x_0=100 +y_0=7 +ellps=GRS80 +units=m")
+    out = sr_json(custom)
+    assert list(out) == ["wkt"] and out["wkt"].startswith("PROJCS[")
+    back = crs_from_spatial_reference(out)
+    assert back is not None  # the datum's name changes in Esri WKT; the coordinates may not
+    assert transformer(WGS84, back).transform(3.0, 1.5) == pytest.approx(transformer(WGS84, custom).transform(3.0, 1.5))
+
+
+def test_client_server_and_reproject_share_one_transformer_cache() -> None:
+    from ags_etl.server import spatialref
+    from ags_etl.transformers.reproject import get_transformer
+
+    made = transformer(WGS84, WEB_MERCATOR)
+    assert transformer(WGS84, WEB_MERCATOR) is made
+    assert get_transformer(CRS.from_epsg(4326), CRS.from_epsg(3857)) is made
+    assert spatialref.transformer(spatialref.parse(4326, "inSR"), spatialref.parse(3857, "outSR")) is made
+
+
+def test_transform_bounds_holds_the_curved_edges() -> None:
+    xmin, ymin, xmax, ymax = transform_bounds((-10.0, 40.0, 10.0, 60.0), WGS84, WEB_MERCATOR)
+    assert xmin == pytest.approx(-1113194.9, abs=1) and xmax == pytest.approx(1113194.9, abs=1)
+    assert ymin == pytest.approx(4865942.3, abs=1) and ymax == pytest.approx(8399737.9, abs=1)

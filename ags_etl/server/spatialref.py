@@ -1,4 +1,8 @@
-"""Spatial references: pyproj CRS ⇄ Esri ``spatialReference`` JSON, and cached transformers.
+"""Spatial references of the local server: request values (``inSR``/``outSR``) → SpatialRef.
+
+The codec of Esri ``spatialReference`` JSON and the transformer cache are
+:mod:`ags_etl.crs`'s, shared with the client and the extractor; this module adds the
+server's view (a cache key per reference, errors as REST 400 answers).
 
 Esri JSON names a CRS by ``wkid``/``latestWkid`` or by ``wkt``. Web Mercator is
 ``{"wkid": 102100, "latestWkid": 3857}`` on every ArcGIS release since 10.1; a
@@ -10,7 +14,6 @@ transforms here use ``always_xy``.
 from __future__ import annotations
 
 import functools
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +24,9 @@ from pyproj import CRS, Transformer
 from pyproj.enums import WktVersion
 from pyproj.exceptions import CRSError, ProjError
 
+from ags_etl.crs import WEB_MERCATOR_CODES, epsg_of, esri_code_json
+from ags_etl.crs import transformer as crs_transformer
 from ags_etl.server.protocol import RestError, invalid_parameter
-
-#: Esri's codes for Web Mercator (102100 current, 102113 and 900913 historic).
-_WEB_MERCATOR_CODES = frozenset({3857, 102100, 102113, 900913})
 
 
 @dataclass(frozen=True)
@@ -50,16 +52,9 @@ class SpatialRef:
         return "esriMeters"
 
 
-def _epsg_of(crs: CRS) -> int | None:
-    authority = crs.to_authority()
-    if authority is not None and authority == ("OGC", "CRS84"):
-        return 4326
-    return crs.to_epsg()
-
-
 def from_crs(crs: CRS) -> SpatialRef:
     """The SpatialRef of a layer's CRS (EPSG code when one matches, else WKT)."""
-    epsg = _epsg_of(crs)
+    epsg = epsg_of(crs)
     if epsg is None:
         wkt = crs.to_wkt(WktVersion.WKT1_ESRI) or crs.to_wkt()
         return SpatialRef(key=f"WKT:{crs.to_wkt()}", crs=crs, esri={"wkt": wkt})
@@ -69,20 +64,20 @@ def from_crs(crs: CRS) -> SpatialRef:
 @functools.lru_cache(maxsize=256)
 def _from_code(code: int) -> SpatialRef:
     """wkid → SpatialRef; EPSG first, then the ESRI authority (102xxx codes)."""
-    if code in _WEB_MERCATOR_CODES:
-        return SpatialRef(key="EPSG:3857", crs=CRS.from_epsg(3857), esri={"wkid": 102100, "latestWkid": 3857})
+    if code in WEB_MERCATOR_CODES:
+        return SpatialRef(key="EPSG:3857", crs=CRS.from_epsg(3857), esri=esri_code_json(code))
     try:
         crs = CRS.from_epsg(code)
     except CRSError:
         crs = CRS.from_authority("ESRI", code)  # raises CRSError when unknown: caller maps it
         return SpatialRef(key=f"ESRI:{code}", crs=crs, esri={"wkid": code})
-    return SpatialRef(key=f"EPSG:{code}", crs=crs, esri={"wkid": code, "latestWkid": code})
+    return SpatialRef(key=f"EPSG:{code}", crs=crs, esri=esri_code_json(code))
 
 
 @functools.lru_cache(maxsize=64)
 def _from_wkt(wkt: str) -> SpatialRef:
     crs = CRS.from_wkt(wkt)
-    epsg = _epsg_of(crs)
+    epsg = epsg_of(crs)
     if epsg is not None:
         return _from_code(epsg)
     return SpatialRef(key=f"WKT:{crs.to_wkt()}", crs=crs, esri={"wkt": wkt})
@@ -126,19 +121,9 @@ def parse(value: Any, param: str) -> SpatialRef:
     raise invalid_parameter(param, f"expected a wkid or spatial reference JSON, got {value!r}")
 
 
-_transformers: dict[tuple[str, str], Transformer] = {}
-_transformers_lock = threading.Lock()
-
-
 def transformer(src: SpatialRef, dst: SpatialRef) -> Transformer:
-    """A cached ``always_xy`` transformer (pyproj ≥ 3.1 transformers are thread-safe)."""
-    key = (src.key, dst.key)
-    found = _transformers.get(key)
-    if found is not None:
-        return found
-    made = Transformer.from_crs(src.crs, dst.crs, always_xy=True)
-    with _transformers_lock:
-        return _transformers.setdefault(key, made)
+    """The cached ``always_xy`` transformer (the package's one cache, :func:`ags_etl.crs.transformer`)."""
+    return crs_transformer(src.crs, dst.crs, src_key=src.key, dst_key=dst.key)
 
 
 def transform_geometries(geoms: np.ndarray, src: SpatialRef, dst: SpatialRef, *, include_z: bool) -> np.ndarray:

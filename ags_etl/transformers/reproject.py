@@ -15,27 +15,22 @@ only relabels batches with the target CRS.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any, ClassVar
 
 import numpy as np
-from pyproj import CRS, Transformer
 from pydantic import BaseModel, ConfigDict, field_validator
+from pyproj import CRS, Transformer
 from pyproj.exceptions import ProjError
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.crs import CRSLike, describe_crs, parse_crs
+from ags_etl.crs import transformer as crs_transformer
 from ags_etl.errors import ConfigError, TransformError
 from ags_etl.geometry import transform_geometries
 from ags_etl.schema import LayerSchema
 from ags_etl.transformers.base import Transformer as BaseTransformer
 
 __all__ = ["Reproject", "get_transformer", "same_crs"]
-
-
-@lru_cache(maxsize=64)
-def _cached_transformer(src: CRS, dst: CRS) -> Transformer:
-    return Transformer.from_crs(src, dst, always_xy=True)
 
 
 def get_transformer(src: CRS, dst: CRS) -> Transformer:
@@ -46,7 +41,7 @@ def get_transformer(src: CRS, dst: CRS) -> Transformer:
     ConfigError when PROJ knows no operation between the two.
     """
     try:
-        return _cached_transformer(src, dst)
+        return crs_transformer(src, dst)  # the package's one transformer cache
     except ProjError as exc:
         raise ConfigError(
             f"no coordinate operation from {describe_crs(src)} to {describe_crs(dst)} ({exc}); "
