@@ -17,37 +17,36 @@ is a layer that gives no count at all (the ``box-split`` plan): completeness the
 on every box having come back below the page cap without ``exceededTransferLimit``, and
 ``stats.unchecked`` (also logged and in ``stats.notes``) says so. Every plan has a
 request bound (:func:`ags_etl.arcgis.paging.request_budget`); server answers that do not
-add up end the run with a PagingError, never an endless loop. Pages run
-concurrently (at most ``concurrency`` requests, ``2 × concurrency`` pages held), and
-come out in plan order, so memory stays flat as the layer grows.
+add up end the run with a PagingError, never an endless loop.
+
+The work is split (see docs/decisions/task-extractor.md): a planner per strategy
+(:mod:`ags_etl.extractors.plans`) hands out picklable page tasks and reacts to what
+each page reports; one worker function (:func:`ags_etl.extractors.tasks.fetch_page`)
+fetches and decodes a task; the driver (:mod:`ags_etl.extractors.driver`) removes
+duplicates; an executor (:mod:`ags_etl.extractors.executor`; threads by default) runs
+the tasks, at most ``2 × concurrency`` in flight, so memory stays flat as the layer grows.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
-import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from functools import partial
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
-import shapely
 from pyproj import CRS
-from pyproj.transformer import Transformer as ProjTransformer
 
-from ags_etl.arcgis import paging
+from ags_etl.arcgis import paging, pbf
 from ags_etl.arcgis.auth import Auth
 from ags_etl.arcgis.client import DEFAULT_MAX_RESPONSE_BYTES, ArcGISClient, display_url
-from ags_etl.arcgis.esrijson import decode_features, decode_geojson_features
 from ags_etl.arcgis.layer import LayerInfo, parse_layer
 from ags_etl.arcgis.paging import Plan, Probes, Strategy
 from ags_etl.batch import FeatureBatch
-from ags_etl.crs import parse_crs
+from ags_etl.crs import parse_crs, sr_json, transform_bounds
 from ags_etl.errors import (
     ArcGISError,
     ConfigError,
@@ -58,32 +57,24 @@ from ags_etl.errors import (
     ServiceError,
     TransientError,
 )
+from ags_etl.extractors.driver import ExtractStats, drive
+from ags_etl.extractors.executor import Executor, ThreadExecutor, ordered_map
+from ags_etl.extractors.plans import MAX_STALLED_ROUNDS, planner_for
+from ags_etl.extractors.tasks import (
+    ClientSpec,
+    OffsetPage,
+    PageResult,
+    PageTask,
+    QueryContext,
+    fetch_page,
+)
 from ags_etl.schema import LayerSchema
+
+__all__ = ["MAX_STALLED_ROUNDS", "ExtractStats", "FeatureLayerExtractor", "ordered_map", "validate_url"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R")
 BBox = tuple[float, float, float, float]
-
-#: Rounds of re-asking for ids a chunk did not return before giving up on them.
-MAX_STALLED_ROUNDS = 2
-
-
-@dataclass
-class ExtractStats:
-    strategy: str = ""
-    expected: int | None = None
-    features: int = 0
-    pages: int = 0
-    duplicates_dropped: int = 0
-    strays_dropped: int = 0
-    page_size: int = 0
-    requests: int = 0
-    retries: int = 0
-    notes: list[str] = field(default_factory=list)
-    #: Set when no server count was available: what completeness rests on instead.
-    unchecked: str | None = None
 
 
 def validate_url(url: str) -> str:
@@ -100,32 +91,6 @@ def validate_url(url: str) -> str:
             f"--where/--fields/--token for the rest"
         )
     return url.rstrip("/")
-
-
-def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], concurrency: int) -> Iterator[R]:
-    """Run ``fn`` over ``tasks`` on ``concurrency`` threads, yielding results in task order.
-
-    At most ``2 × concurrency`` tasks are in flight, so memory stays bounded. The first
-    exception is raised in order; pending tasks are cancelled. On Ctrl-C, SIGTERM or an
-    abandoned iteration (a BaseException that is not an Exception) requests in flight are
-    not waited for, so the caller can clean up and leave at once.
-    """
-    it = iter(tasks)
-    window: deque[Future[R]] = deque()
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ags-etl-page")
-    try:
-        for task in itertools.islice(it, concurrency * 2):
-            window.append(pool.submit(fn, task))
-        while window:
-            result = window.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                window.append(pool.submit(fn, nxt))
-            yield result
-    except BaseException as exc:
-        pool.shutdown(wait=isinstance(exc, Exception), cancel_futures=True)
-        raise
-    pool.shutdown()
 
 
 class FeatureLayerExtractor:
@@ -153,6 +118,7 @@ class FeatureLayerExtractor:
         proxy: str | None = None,
         ca_bundle: str | None = None,
         client: ArcGISClient | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.url = validate_url(url)
         self.where = where.strip() if where is not None and where.strip() else "1=1"
@@ -166,14 +132,26 @@ class FeatureLayerExtractor:
         except ValueError as exc:
             choices = ", ".join(s.value for s in Strategy)
             raise ConfigError(f"--strategy {strategy!r} is not one of {choices}") from exc
-        if response_format not in ("json", "geojson"):
-            raise ConfigError(f"response format {response_format!r} is not json or geojson")
+        if response_format not in pbf.RESPONSE_FORMATS:
+            raise ConfigError(
+                f"response format {response_format!r} is not one of {', '.join(pbf.RESPONSE_FORMATS)}"
+            )
         self.out_crs = parse_crs(out_sr) if out_sr is not None else None
         self.spatial_filter = spatial_filter
         self.concurrency = concurrency
         self.requested_page_size = page_size
         self.response_format = response_format
         self._own_client = client is None
+        #: Runs page tasks; threads by default. Replaceable: see ags_etl.extractors.executor.
+        self.executor: Executor = executor if executor is not None else ThreadExecutor(concurrency)
+        self._client_spec = ClientSpec(
+            key=uuid.uuid4().hex,
+            auth=auth if client is None else client.auth,
+            timeout=timeout if client is None else client.timeout,
+            retries=retries if client is None else client.retries,
+            backoff=backoff if client is None else client.backoff,
+            max_response_bytes=max_response_bytes if client is None else client.max_response_bytes,
+        )
         self.client = client or ArcGISClient(
             auth=auth,
             timeout=timeout,
@@ -190,19 +168,11 @@ class FeatureLayerExtractor:
         self._plan: Plan | None = None
         self._probes: Probes | None = None
         self._page_size = 0
-        self._lock = threading.Lock()
-        self._seen: set[int] = set()
-        self._seen_rows: set[bytes] = set()
-        self._budget: Callable[[], int | None] = lambda: None
-        self._pages_before_plan = 0
-        #: Fewest rows a non-empty page held: servers that cut pages silently need more requests.
-        self._min_rows = paging.MAX_PLAUSIBLE
-        self._box_cap = paging.DEFAULT_PAGE_SIZE
-        self._empty_pages = 0
+        self._format: pbf.FormatChoice | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    def __enter__(self) -> "FeatureLayerExtractor":
+    def __enter__(self) -> FeatureLayerExtractor:
         try:
             self.open()
         except BaseException:
@@ -247,7 +217,6 @@ class FeatureLayerExtractor:
         self.schema = schema
         self._page_size = paging.page_size_for(info, self.requested_page_size)
         self.stats.page_size = self._page_size
-        self._box_cap = info.max_record_count or paging.DEFAULT_PAGE_SIZE
         return schema
 
     # ------------------------------------------------------------------ query helpers
@@ -265,15 +234,14 @@ class FeatureLayerExtractor:
         bbox, crs = self.spatial_filter
         layer_crs = info.schema.crs
         if crs is not None and layer_crs is not None and not crs.equals(layer_crs):
-            t = ProjTransformer.from_crs(crs, layer_crs, always_xy=True)
-            bbox = t.transform_bounds(*bbox, densify_pts=21)
+            bbox = transform_bounds(bbox, crs, layer_crs)
             crs = layer_crs
         params: dict[str, Any] = {
             "geometry": {"xmin": bbox[0], "ymin": bbox[1], "xmax": bbox[2], "ymax": bbox[3]},
             "geometryType": "esriGeometryEnvelope",
             "spatialRel": "esriSpatialRelIntersects",
         }
-        sr = info.spatial_reference if (crs is None or crs.equals(layer_crs)) else _sr_json(crs)
+        sr = info.spatial_reference if (crs is None or crs.equals(layer_crs)) else sr_json(crs)
         if sr:
             params["inSR"] = sr
         return params
@@ -290,81 +258,60 @@ class FeatureLayerExtractor:
             if info.schema.has_z:
                 params["returnZ"] = True
             if self.out_crs is not None:
-                params["outSR"] = _sr_json(self.out_crs)
+                params["outSR"] = sr_json(self.out_crs)
         params.update(self._filter_params())
         return params
 
-    def _query(self, extra: dict[str, Any], *, where: str | None = None) -> tuple[FeatureBatch, bool]:
-        """One feature page → (decoded batch, exceededTransferLimit)."""
+    def context(self) -> QueryContext:
+        """The picklable description of this query that page tasks run against."""
         info, schema = self._require_open()
+        box_sr = (info.extent or {}).get("spatialReference") or info.spatial_reference
+        choice = self.format_choice()
         params = self._base_params()
-        if where is not None:
-            params["where"] = where
-        params.update(extra)
-        params["f"] = self.response_format
-        data = self.client.post(info.url + "/query", params)
-        if self.response_format == "geojson":
-            feats = data.get("features") or []
-            batch = decode_geojson_features(feats, schema)
-            flag = bool((data.get("properties") or {}).get("exceededTransferLimit") or data.get("exceededTransferLimit"))
-        else:
-            if "features" not in data:
-                raise ArcGISError(f"{info.url}/query answered without a features list; is it a layer query endpoint?")
-            batch = decode_features(data["features"], schema)
-            flag = bool(data.get("exceededTransferLimit"))
-        with self._lock:
-            self.stats.pages += 1
-            pages = self.stats.pages - self._pages_before_plan
-            if len(batch):
-                self._min_rows = min(self._min_rows, len(batch))
-        budget = self._budget()
-        if budget is not None and pages > budget:
-            plan = self.plan()
-            raise PagingError(
-                f"plan {plan.strategy.value} for {info.url} needed more than {budget} requests for {plan.count} "
-                f"features at {self._page_size} per page; the server's answers do not add up (a count too high, "
-                f"or pages shorter than they say). Retry; if it repeats, try another --strategy, and report the "
-                f"server version ({info.current_version})"
-            )
-        return batch, flag
+        if choice.format == "pbf":
+            params.update(self._pbf_params())
+        return QueryContext(
+            url=info.url,
+            params=params,
+            where=self.where,
+            schema=schema,
+            response_format=choice.format,
+            box_sr=box_sr or None,
+            client=self._client_spec,
+        )
 
-    def _oids(self, batch: FeatureBatch) -> np.ndarray:
-        info, schema = self._require_open()
-        if schema.oid_field is None:
-            raise PagingError(f"layer {info.url} has no OID field; its pages cannot be told apart by id")
-        col = batch.column(schema.oid_field)
-        if col.null_count:
-            raise PagingError(
-                f"{info.url} sent features without an {schema.oid_field} value; they cannot be checked. "
-                f"Report it to the server's administrator"
-            )
-        return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+    def _pbf_params(self) -> dict[str, Any]:
+        """``quantizationParameters`` for f=pbf: the extent (in the output CRS) and a tolerance finer than the data."""
+        info, _ = self._require_open()
+        if not info.has_geometry or info.extent is None:
+            return {}
+        e = info.extent
+        box = (float(e["xmin"]), float(e["ymin"]), float(e["xmax"]), float(e["ymax"]))
+        sr = (e.get("spatialReference") or info.spatial_reference) or None
+        if self.out_crs is not None and info.schema.crs is not None and not self.out_crs.equals(info.schema.crs):
+            box = transform_bounds(box, info.schema.crs, self.out_crs)
+            sr = sr_json(self.out_crs)
+        return {"quantizationParameters": pbf.quantization_parameters(box, sr)}
 
-    def _row_keys(self, batch: FeatureBatch) -> list[bytes]:
-        """One digest per row of attributes and geometry: the identity of a feature without an OID."""
-        attrs = batch.attributes.to_pylist()
-        wkb: list[Any] = [None] * len(batch) if batch.geometry is None else shapely.to_wkb(batch.geometry).tolist()
-        return [hashlib.blake2b(repr((row, g)).encode(), digest_size=16).digest() for row, g in zip(attrs, wkb)]
+    def format_choice(self) -> pbf.FormatChoice:
+        """The response format pages use and why (``stats.response_format``); PBF is checked
+        against JSON on a sample page first (see :func:`ags_etl.arcgis.pbf.check_first_page`)."""
+        if self._format is None:
+            info, schema = self._require_open()
+            choice = pbf.choose_format(self.response_format, info)
+            if choice.check:
+                params = {**self._base_params(), **self._pbf_params()}
+                choice = pbf.check_first_page(self.client, info.url, params, info, schema, choice)
+                if choice.format != "pbf":
+                    log.warning("%s: %s", info.url, choice.reason)
+                    self.stats.notes.append(choice.reason)
+            self._format = choice
+            self.stats.response_format = f"{choice.format} ({choice.reason})"
+        return self._format
 
-    def _observe_cap(self, rows: int) -> None:
-        """A page came back with fewer rows than asked while more remained: the real cap."""
-        if rows < 1:
-            return
-        with self._lock:
-            if rows < self._page_size:
-                log.info("server returned %d rows for a page of %d; using %d", rows, self._page_size, rows)
-                self.stats.notes.append(f"server capped pages at {rows} (asked {self._page_size})")
-                self._page_size = rows
-                self.stats.page_size = rows
-
-    def _halve(self, size: int, exc: Exception) -> None:
-        if size <= 1:
-            raise exc
-        with self._lock:
-            self._page_size = max(1, min(self._page_size, size // 2))
-            self.stats.page_size = self._page_size
-            self.stats.notes.append(f"page size halved to {self._page_size} after: {exc}")
-        log.warning("page of %d failed (%s); retrying with %d", size, exc, self._page_size)
+    def _fetch(self, task: PageTask) -> PageResult:
+        """One task in this process, with this extractor's client (probes use it too)."""
+        return fetch_page(task, self.context(), self.client)
 
     # ------------------------------------------------------------------ probes and plan
 
@@ -437,11 +384,13 @@ class FeatureLayerExtractor:
         if not info.supports_pagination or schema.oid_field is None:
             return None
         try:
-            p1, _ = self._query({"resultOffset": 0, "resultRecordCount": 2, "orderByFields": f"{schema.oid_field} ASC"})
-            p2, _ = self._query({"resultOffset": 1, "resultRecordCount": 2, "orderByFields": f"{schema.oid_field} ASC"})
-        except (ServiceError, TransientError):
+            p1, p2 = self._fetch(OffsetPage(0, 2)), self._fetch(OffsetPage(1, 2))
+        except ServiceError:
             return False
-        o1, o2 = np.sort(self._oids(p1)), np.sort(self._oids(p2))
+        self.stats.pages += 2
+        if p1.failure is not None or p2.failure is not None or p1.oids is None or p2.oids is None:
+            return False
+        o1, o2 = np.sort(p1.oids), np.sort(p2.oids)
         # Some servers ignore resultOffset (GDAL compares first OIDs of consecutive pages):
         # page [1, 3) must start where page [0, 2) ends. Rows within a page may come in any order.
         return len(o1) == 2 and len(o2) >= 1 and o2[0] == o1[1] and o1[0] < o1[1]
@@ -535,273 +484,20 @@ class FeatureLayerExtractor:
                 log.warning("%s: %s", info.url, plan.unchecked)
         return self._plan
 
-    # ------------------------------------------------------------------ strategies (run in worker threads)
-
-    def _run_id_chunk(self, ids: np.ndarray) -> FeatureBatch:
-        """All features of ``ids``: re-asks for ids a short page left out; halves on failures."""
-        pending = ids
-        parts: list[FeatureBatch] = []
-        stalled = 0
-        while len(pending):
-            size = min(len(pending), self._page_size)
-            sub, rest = pending[:size], pending[size:]
-            try:
-                batch, flag = self._query({"objectIds": ",".join(map(str, sub.tolist()))})
-            except TransientError as exc:
-                self._halve(size, exc)
-                continue
-            got = self._oids(batch)
-            keep = np.isin(got, sub) & paging.first_occurrence_mask(got)
-            if not keep.all():
-                with self._lock:
-                    self.stats.strays_dropped += int((~keep).sum())
-                batch = batch.filter(keep)
-                got = got[keep]
-            parts.append(batch)
-            missing = paging.missing_ids(sub, got)
-            if len(missing):
-                if len(got) == 0:
-                    stalled += 1
-                    if stalled >= MAX_STALLED_ROUNDS:
-                        log.warning("%d ids were not returned by the server; the count check will decide", len(missing))
-                        pending = rest
-                        continue
-                else:
-                    stalled = 0
-                    if flag or len(got) < len(sub):
-                        self._observe_cap(len(got))
-            pending = np.concatenate([missing, rest]) if len(missing) else rest
-        return self._concat(parts)
-
-    def _run_offset_page(self, page: tuple[int, int]) -> FeatureBatch:
-        """Rows [offset, offset+n) ordered by OID; a short page is followed up, not taken as the end."""
-        _, schema = self._require_open()
-        offset, n = page
-        pos, remaining = offset, n
-        parts: list[FeatureBatch] = []
-        while remaining > 0:
-            size = min(remaining, self._page_size)
-            try:
-                batch, flag = self._query(
-                    {"resultOffset": pos, "resultRecordCount": size, "orderByFields": f"{schema.oid_field} ASC"}
-                )
-            except TransientError as exc:
-                self._halve(size, exc)
-                continue
-            rows = len(batch)
-            if rows == 0:
-                self._empty_page(pos)
-                break  # nothing at this offset: the completeness check decides, unless it keeps happening
-            parts.append(batch)
-            pos += rows
-            remaining -= rows
-            if rows < size and flag:
-                self._observe_cap(rows)
-            # A short page without the flag is followed up all the same: some servers
-            # (e.g. behind spatial-index filtering, 10.3+) send short pages mid-layer.
-        return self._concat(parts)
-
-    def _empty_page(self, offset: int) -> None:
-        """An offset page below the count came back empty; a few may (the layer shrank), many may not."""
-        info, _ = self._require_open()
-        plan = self.plan()
-        with self._lock:
-            self._empty_pages += 1
-            empties = self._empty_pages
-        if empties >= paging.MAX_EMPTY_PAGES:
-            raise PagingError(
-                f"offset plan for {info.url}: {empties} pages came back empty (the last at offset {offset}) "
-                f"although the server counts {plan.count} features; the count or the paging does not work. "
-                f"Try --strategy oid-list or oid-range, or report the server version ({info.current_version})"
-            )
-
-    def _walk_windows(self, lo: int, hi: int) -> Iterator[FeatureBatch]:
-        """Sparse OID range: adaptive windows, one at a time (see paging.WindowWalk)."""
-        walk = paging.WindowWalk(lo, hi, self._page_size)
-        while (window := walk.window()) is not None:
-            batch, flag = self._window_query(window)
-            if flag:
-                self._observe_cap(len(batch))
-                walk.record(window, len(batch), True, self._page_size)
-                continue
-            batch = self._keep_window(batch, window)
-            walk.record(window, len(batch), False, self._page_size)
-            if len(batch):
-                yield batch
-
-    def _window_query(self, window: tuple[int, int]) -> tuple[FeatureBatch, bool]:
-        _, schema = self._require_open()
-        oid = schema.oid_field
-        a, b = window
-        return self._query({}, where=paging.where_and(self.where, f"{oid} >= {a} AND {oid} <= {b}"))
-
-    def _keep_window(self, batch: FeatureBatch, window: tuple[int, int]) -> FeatureBatch:
-        """Rows of ``batch`` inside ``window``, each OID once."""
-        got = self._oids(batch)
-        keep = (got >= window[0]) & (got <= window[1]) & paging.first_occurrence_mask(got)
-        return batch.filter(keep) if not keep.all() else batch
-
-    def _run_window(self, window: tuple[int, int]) -> FeatureBatch:
-        """Rows with OID in [a, b]; a window over the transfer limit is halved."""
-        stack = [window]
-        parts: list[FeatureBatch] = []
-        while stack:
-            a, b = stack.pop()
-            try:
-                batch, flag = self._window_query((a, b))
-            except TransientError as exc:
-                if a >= b:
-                    raise
-                log.warning("window %d..%d failed (%s); splitting", a, b, exc)
-                stack.extend(reversed(paging.split_window((a, b))))
-                continue
-            if flag:
-                self._observe_cap(len(batch))
-                stack.extend(reversed(paging.split_window((a, b))))
-                continue
-            parts.append(self._keep_window(batch, (a, b)))
-        return self._concat(parts)
-
-    def _box_query(self, box: BBox) -> tuple[FeatureBatch, bool]:
-        info, _ = self._require_open()
-        sr = (info.extent or {}).get("spatialReference") or info.spatial_reference
-        extra: dict[str, Any] = {
-            "geometry": {"xmin": box[0], "ymin": box[1], "xmax": box[2], "ymax": box[3]},
-            "geometryType": "esriGeometryEnvelope",
-            "spatialRel": "esriSpatialRelIntersects",
-        }
-        if sr:
-            extra["inSR"] = sr
-        return self._query(extra)
-
-    def _box_complete(self, rows: int, flag: bool) -> bool:
-        """A box is complete when it came back below the cap without the flag.
-
-        A full page without the flag is not trusted (10.0 servers never set it). A flagged
-        page teaches the real cap: the rows the server sent.
-        """
-        with self._lock:
-            if flag and 0 < rows < self._box_cap:
-                log.info("server cut a box at %d rows (cap was %d); using %d", rows, self._box_cap, rows)
-                self.stats.notes.append(f"server capped boxes at {rows} (advertised {self._box_cap})")
-                self._box_cap = rows
-            return not flag and rows < self._box_cap
-
-    def _check_one_spot(self, batch: FeatureBatch) -> None:
-        """A full box whose features all lie at one point: fail if that point alone fills a page.
-
-        Stacked points below the cap are fine (a smaller box holds them all); above it no
-        box can separate them. Checked with one tiny box around the point, in the layer's
-        CRS (skipped when the server reprojects: the depth limit then decides).
-        """
-        info, _ = self._require_open()
-        if batch.geometry is None or len(batch) < 2 or self.out_crs is not None:
-            return
-        geoms = batch.geometry
-        if shapely.get_type_id(geoms[0]) != 0 or not bool(np.all(shapely.equals_exact(geoms, geoms[0], 0.0))):
-            return
-        x, y = float(shapely.get_x(geoms[0])), float(shapely.get_y(geoms[0]))
-        eps = max(abs(x), abs(y), 1.0) * 1e-9
-        spot, flag = self._box_query((x - eps, y - eps, x + eps, y + eps))
-        if not self._box_complete(len(spot), flag):
-            raise PagingError(
-                f"{info.url} has more features at the single point ({x}, {y}) than it returns per request "
-                f"({self._box_cap}); no box can separate them, so splitting the extent cannot get them all. "
-                f"Ask the server's administrator to enable returnIdsOnly or pagination, or to raise maxRecordCount"
-            )
-
-    def _run_box(self, task: tuple[BBox, int]) -> FeatureBatch:
-        """Rows intersecting a box; a box that is not complete is split in four, to a depth limit."""
-        info, _ = self._require_open()
-        stack = [task]
-        parts: list[FeatureBatch] = []
-        while stack:
-            box, depth = stack.pop()
-            try:
-                batch, flag = self._box_query(box)
-            except TransientError as exc:
-                if depth >= paging.MAX_SPLIT_DEPTH:
-                    raise
-                log.warning("box %s failed (%s); splitting it", box, exc)
-                stack.extend((b, depth + 1) for b in paging.split_envelope(box))
-                continue
-            if not self._box_complete(len(batch), flag):
-                self._check_one_spot(batch)
-                if depth >= paging.MAX_SPLIT_DEPTH:
-                    raise PagingError(
-                        f"spatial split of {info.url} reached depth {depth} with box {box} still at the page cap "
-                        f"({self._box_cap}); the layer has too many features at one place for splitting by boxes. "
-                        f"Ask the server's administrator to enable returnIdsOnly or pagination"
-                    )
-                stack.extend((b, depth + 1) for b in paging.split_envelope(box))
-                continue
-            parts.append(batch)
-        return self._concat(parts)
-
-    def _concat(self, parts: list[FeatureBatch]) -> FeatureBatch:
-        _, schema = self._require_open()
-        if not parts:
-            return FeatureBatch.empty(schema.arrow_schema(), schema.crs, schema.geometry_type is not None)
-        return parts[0] if len(parts) == 1 else FeatureBatch.concat(parts)
-
-    def _dedupe_global(self, batch: FeatureBatch) -> FeatureBatch:
-        """Drop rows already yielded (offset and spatial plans can overlap): by OID, or by a
-        digest of attributes and geometry on a layer without an OID field."""
-        _, schema = self._require_open()
-        if schema.oid_field is None:
-            mask = np.zeros(len(batch), dtype=bool)
-            for i, key in enumerate(self._row_keys(batch)):
-                if key not in self._seen_rows:
-                    self._seen_rows.add(key)
-                    mask[i] = True
-        else:
-            oids = self._oids(batch)
-            mask = paging.first_occurrence_mask(oids)
-            fresh = np.fromiter((int(o) not in self._seen for o in oids), dtype=bool, count=len(oids))
-            mask &= fresh
-            self._seen.update(int(o) for o in oids[mask])
-        dropped = int((~mask).sum())
-        if dropped:
-            self.stats.duplicates_dropped += dropped
-            return batch.filter(mask)
-        return batch
-
-    def _tasks(self, plan: Plan) -> tuple[Callable[[Any], FeatureBatch], Iterable[Any], bool]:
-        """(worker, tasks, needs global dedupe) for a plan."""
-        info, _ = self._require_open()
-        probes = self.probe()
-        if plan.strategy is Strategy.OID_LIST:
-            assert probes.ids is not None
-            return self._run_id_chunk, paging.id_chunks(probes.ids, lambda: self._page_size), False
-        if plan.strategy is Strategy.OFFSET:
-            assert plan.count is not None
-            return self._run_offset_page, paging.offset_pages(plan.count, plan.page_size), True
-        if plan.strategy is Strategy.OID_RANGE:
-            assert probes.oid_min is not None and probes.oid_max is not None
-            return self._run_window, paging.oid_windows(probes.oid_min, probes.oid_max, plan.page_size), False
-        if info.extent is None:
-            raise PagingError(f"layer {info.url} advertises no usable extent to split; try another --strategy")
-        extent = info.extent
-        box: BBox = (float(extent["xmin"]), float(extent["ymin"]), float(extent["xmax"]), float(extent["ymax"]))
-        return self._run_box, [(b, 1) for b in paging.split_envelope(box)], True
+    # ------------------------------------------------------------------ running the plan
 
     def _batches(self, plan: Plan) -> Iterator[FeatureBatch]:
-        """The plan's pages in order, before global dedupe; the request bound is set here."""
-        probes = self.probe()
-        span = None
-        if plan.strategy is Strategy.OID_RANGE and probes.oid_min is not None and probes.oid_max is not None:
-            span = (probes.oid_min, probes.oid_max)
-        self._pages_before_plan = self.stats.pages
-        self._budget = lambda: paging.request_budget(
-            plan.strategy, plan.count, min(self._page_size, self._min_rows), span
+        """The plan's pages in order, duplicates removed: the planner, run by the driver on the executor."""
+        info, schema = self._require_open()
+        planner = planner_for(plan, self.probe(), info, check_spots=self.out_crs is None, notes=self.stats.notes)
+        ctx = self.context()
+        if self.executor.shares_memory:
+            fetch = partial(fetch_page, ctx=ctx, client=self.client)
+        else:
+            fetch = partial(fetch_page, ctx=ctx)  # picklable: each worker process builds its own client
+        yield from drive(
+            planner, fetch, self.executor, self.stats, oid_field=schema.oid_field, version=info.current_version
         )
-        if span is not None and plan.count is not None and not paging.is_dense(*span, plan.count, plan.page_size):
-            log.info("OIDs %d..%d are sparse for %d features: adaptive windows", span[0], span[1], plan.count)
-            yield from self._walk_windows(*span)
-            return
-        worker, tasks, dedupe = self._tasks(plan)
-        for batch in ordered_map(worker, tasks, self.concurrency):
-            yield self._dedupe_global(batch) if dedupe else batch
 
     # ------------------------------------------------------------------ iteration
 
@@ -846,13 +542,4 @@ class FeatureLayerExtractor:
             got=got,
         )
 
-
-def _sr_json(crs: CRS) -> dict[str, Any]:
-    epsg = crs.to_epsg()
-    if epsg is not None:
-        return {"wkid": epsg}
-    auth = crs.to_authority()
-    if auth is not None and auth[0] == "ESRI":
-        return {"wkid": int(auth[1])}
-    return {"wkt": crs.to_wkt("WKT1_ESRI")}
 
