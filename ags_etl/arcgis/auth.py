@@ -6,10 +6,17 @@ A username/password auth finds its token endpoint the way ArcGIS clients do:
 portal's ``/sharing/rest/generateToken`` is used. Tokens are refreshed shortly
 before they expire and once when a server answers 498, transparently, mid-run.
 
+An auth object fetches its tokens itself, with its own small ``requests`` session
+(:meth:`Auth.use_transport` gives it the client's timeout, CA bundle and proxy once, at
+the client's construction); it never calls back into the client that asks it for a
+token. Like a ``requests.auth.AuthBase`` it can also be called on a prepared request
+(it adds the ``X-Esri-Authorization`` header). An auth object pickles without its token,
+lock or session (a spec a worker process can rebuild from).
+
 Secrets never leave this module except as the ``token`` form field / the
 ``X-Esri-Authorization`` header: ``repr()`` hides them and no message holds them.
-The password goes only to the token endpoint, in a POST body; the client refuses to
-follow that endpoint's redirect to another origin, so the password cannot be forwarded.
+The password goes only to the token endpoint, in a POST body; a redirect of that
+endpoint to another origin is refused, so the password cannot be forwarded.
 
 Credentials written into a URL (``https://user:pass@host/…``) are taken apart by
 :func:`split_url_credentials`; the userinfo itself is never sent in a URL.
@@ -20,13 +27,20 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from ags_etl.errors import ServiceError, TokenError
+import orjson
+import requests
 
-if TYPE_CHECKING:
-    from ags_etl.arcgis.client import ArcGISClient
+from ags_etl.errors import ArcGISError, ServiceError, TokenError, TransientError
+
+#: Largest token-service answer read (a real one is a few hundred bytes).
+MAX_TOKEN_ANSWER_BYTES = 1 << 20
+#: Attempts at a token request that fails to connect or answers HTTP 5xx/429.
+TOKEN_ATTEMPTS = 3
+#: Redirect hops followed by a token-service request.
+MAX_TOKEN_REDIRECTS = 5
 
 
 def split_url_credentials(url: str) -> tuple[str, str | None, str | None]:
@@ -54,23 +68,40 @@ def site_root(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, root, "", ""))
 
 
-class Auth(ABC):
+class Auth(ABC, requests.auth.AuthBase):
     """Supplies a token for requests; None means anonymous."""
 
+    timeout: float = 60.0
+    verify: bool | str = True
+    proxy: str | None = None
+
     @abstractmethod
-    def token(self, client: ArcGISClient, url: str) -> str | None:
+    def token(self, url: str) -> str | None:
         """A token valid for ``url`` now (fetching or refreshing it if needed)."""
 
     def invalidate(self) -> bool:
         """Forget the current token after a 498. Returns True if a new one can be had."""
         return False
 
+    def use_transport(self, *, timeout: float, verify: bool | str = True, proxy: str | None = None) -> None:
+        """The settings of token requests: deadline per attempt, CA bundle (never False), proxy."""
+        self.timeout = timeout
+        self.verify = verify
+        self.proxy = proxy
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        """requests' auth hook: the token as ``X-Esri-Authorization`` (nothing when anonymous)."""
+        token = self.token(request.url or "")
+        if token is not None:
+            request.headers["X-Esri-Authorization"] = f"Bearer {token}"
+        return request
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(<redacted>)"
 
 
 class NoAuth(Auth):
-    def token(self, client: ArcGISClient, url: str) -> str | None:
+    def token(self, url: str) -> str | None:
         return None
 
     def __repr__(self) -> str:
@@ -87,7 +118,7 @@ class TokenAuth(Auth):
             raise ValueError("an empty token was given")
         self._token = token
 
-    def token(self, client: ArcGISClient, url: str) -> str | None:
+    def token(self, url: str) -> str | None:
         return self._token
 
 
@@ -102,7 +133,8 @@ class UserPasswordAuth(Auth):
 
     ``token_url`` overrides discovery. ``expiration_minutes`` is asked of the server,
     which may grant less; the token is refreshed ``refresh_margin`` before its expiry
-    (at most 5 minutes, at most a tenth of its lifetime).
+    (at most 5 minutes, at most a tenth of its lifetime). Token requests go through this
+    object's own session (see the module docstring).
     """
 
     def __init__(
@@ -123,15 +155,89 @@ class UserPasswordAuth(Auth):
         self._expires_at = 0.0
         self._refresh_at = 0.0
         self._lock = threading.Lock()
+        self._session: requests.Session | None = None
         #: How many tokens were fetched (1 + refreshes); for run reports and tests.
         self.tokens_fetched = 0
 
     def __repr__(self) -> str:
         return f"UserPasswordAuth(username={self.username!r}, password=<redacted>)"
 
-    def _discover(self, client: ArcGISClient, url: str) -> str:
+    def __getstate__(self) -> dict[str, Any]:
+        """The spec only: no token, lock or session cross a process boundary."""
+        state = dict(self.__dict__)
+        state.update(_token=None, _expires_at=0.0, _refresh_at=0.0, _lock=None, _session=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the token session (a new one is opened if another token is needed)."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    # ------------------------------------------------------------------ token requests
+
+    def _request(self, url: str, data: dict[str, Any], *, method: str, secret: bool) -> dict[str, Any]:
+        """One token-service exchange: retried on connection failures, 429 and 5xx; redirects
+        followed within the origin, or to another one only when ``secret`` is False."""
+        # Pure helpers only: the client module is imported here because it imports this one.
+        from ags_etl.arcgis.client import display_url, proxies_for, redirect_allowed
+
+        if self._session is None:
+            self._session = requests.Session()
+            self._session.trust_env = False  # proxies below; ~/.netrc is never read
+        where = display_url(url)
+        last = ""
+        for attempt in range(TOKEN_ATTEMPTS):
+            target = url
+            try:
+                for _hop in range(MAX_TOKEN_REDIRECTS + 1):
+                    resp = self._session.request(
+                        method,
+                        target,
+                        params=data if method == "GET" else None,
+                        data=data if method != "GET" else None,
+                        timeout=(self.timeout, self.timeout),
+                        allow_redirects=False,
+                        verify=self.verify,
+                        proxies=proxies_for(target, self.proxy),
+                        stream=True,
+                        auth=lambda r: r,  # no Basic auth from ~/.netrc or URL userinfo
+                    )
+                    with resp:
+                        location = resp.headers.get("Location")
+                        if resp.status_code in (301, 302, 303, 307, 308) and location is not None:
+                            nxt = split_url_credentials(urljoin(target, location))[0]
+                            refusal = redirect_allowed(target, nxt, secret)
+                            if refusal is not None:
+                                raise ArcGISError(
+                                    f"{display_url(target)} redirected (HTTP {resp.status_code}) to "
+                                    f"{display_url(nxt)}, which ags-etl does not follow: {refusal}; "
+                                    f"use the final URL directly if you trust it"
+                                )
+                            target = nxt
+                            continue
+                        if resp.status_code == 429 or resp.status_code >= 500:
+                            last = f"HTTP {resp.status_code}"
+                            break
+                        if resp.status_code >= 400:
+                            raise ArcGISError(f"token service {where} answered HTTP {resp.status_code}; check the URL")
+                        body = resp.raw.read(MAX_TOKEN_ANSWER_BYTES + 1, decode_content=True)
+                        return _answer_json(body, where)
+                else:
+                    raise ArcGISError(f"{where} redirected more than {MAX_TOKEN_REDIRECTS} times; use the final URL")
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                last = type(exc).__name__
+            if attempt + 1 < TOKEN_ATTEMPTS:
+                time.sleep(0.2 * 2**attempt)
+        raise TransientError(f"token service {where} gave no usable answer after {TOKEN_ATTEMPTS} attempts ({last})")
+
+    def _discover(self, url: str) -> str:
         root = site_root(url)
-        info = client.request_json(f"{root}/rest/info", {}, method="GET", authenticate=False)
+        info = self._request(f"{root}/rest/info", {"f": "json"}, method="GET", secret=False)
         auth_info = info.get("authInfo") or {}
         owning = info.get("owningSystemUrl")
         if owning:
@@ -142,9 +248,9 @@ class UserPasswordAuth(Auth):
             return root + "/rest/generateToken"
         return root + "/tokens/generateToken"
 
-    def _fetch(self, client: ArcGISClient, url: str) -> None:
+    def _fetch(self, url: str) -> None:
         if self.token_url is None:
-            self.token_url = self._discover(client, url)
+            self.token_url = self._discover(url)
         data: dict[str, Any] = {
             "username": self.username,
             "password": self._password,
@@ -154,7 +260,7 @@ class UserPasswordAuth(Auth):
             "f": "json",
         }
         try:
-            answer = client.request_json(self.token_url, data, method="POST", authenticate=False)
+            answer = self._request(self.token_url, data, method="POST", secret=True)
         except ServiceError as exc:
             # Only the service's own refusal (an error body) means "wrong credentials";
             # an unreachable endpoint or a refused redirect keeps its own message.
@@ -177,13 +283,31 @@ class UserPasswordAuth(Auth):
         self._expires_at = expires_at
         self._refresh_at = expires_at - min(300.0, lifetime / 10.0)
 
-    def token(self, client: ArcGISClient, url: str) -> str | None:
+    def token(self, url: str) -> str | None:
         with self._lock:
             if self._token is None or time.time() >= self._refresh_at:
-                self._fetch(client, url)
+                self._fetch(url)
             return self._token
 
     def invalidate(self) -> bool:
         with self._lock:
             self._token = None
         return True
+
+
+def _answer_json(body: bytes, where: str) -> dict[str, Any]:
+    """A token-service body → its JSON object; an ``{"error": …}`` body → ServiceError."""
+    if len(body) > MAX_TOKEN_ANSWER_BYTES:
+        raise ArcGISError(f"token service {where} answered more than {MAX_TOKEN_ANSWER_BYTES} bytes; check the URL")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ArcGISError(f"token service {where} did not answer JSON; check the URL") from exc
+    if not isinstance(data, dict):
+        raise ArcGISError(f"token service {where} answered JSON that is not an object; check the URL")
+    error = data.get("error")
+    if error is not None:
+        detail = error.get("message") if isinstance(error, dict) else str(error)
+        code = error.get("code") if isinstance(error, dict) else None
+        raise ServiceError(f"{where}: {detail or 'error'}" + (f" (code {code})" if code is not None else ""))
+    return data

@@ -300,6 +300,9 @@ class ArcGISClient:
         #: Passed as requests' ``verify``: a CA bundle path, or True for certifi's; never False.
         self.verify: str | bool = ca_bundle_for(ca_bundle, os.environ) or True
         self.auth = auth if auth is not None else NoAuth()
+        # The auth fetches tokens with its own session (it never calls back into this client),
+        # through the same deadline, CA bundle and proxy.
+        self.auth.use_transport(timeout=float(timeout), verify=self.verify, proxy=self.proxy)
         self.timeout = float(timeout)
         self.retries = retries
         self.backoff = backoff
@@ -356,7 +359,7 @@ class ArcGISClient:
             headers: dict[str, str] = {}
             send_method = method
             if authenticate:
-                token = self.auth.token(self, url)
+                token = self.auth.token(url)
                 if token is not None:
                     params["token"] = token
                     headers["X-Esri-Authorization"] = f"Bearer {token}"
