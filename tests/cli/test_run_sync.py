@@ -18,12 +18,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 import shapely
+from click.testing import CliRunner
+
+from ags_etl.cli import main
 
 from ags_etl.server.testing import run_server
 from ags_etl.state import StateStore, lock_is_held
@@ -93,7 +97,7 @@ def source(tmp_path: Path) -> Iterator[Source]:
     src.close()
 
 
-def pipeline(tmp_path: Path, sync: str, job: str = "a") -> Path:
+def pipeline(tmp_path: Path, sync: str, job: str = "a", concurrency: int = 4) -> Path:
     path = tmp_path / "pipeline.yaml"
     path.write_text(f"""\
 version: 1
@@ -102,6 +106,7 @@ jobs:
     source:
       url: "${{SERVER}}/arcgis/rest/services/a/FeatureServer/0"
       auth: {{username: sync, password: "${{PW}}"}}
+      concurrency: {concurrency}
     sink: {{type: geoparquet, path: "{tmp_path / 'out' / 'a.parquet'}"}}
     sync: {sync}
 """)
@@ -109,10 +114,21 @@ jobs:
     return path
 
 
-def run(file: Path, src: Source, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = ags("run", str(file), *args, env={"SERVER": src.base, "PW": PASSWORD})
-    assert PASSWORD not in proc.stdout + proc.stderr
-    return proc
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run(file: Path, src: Source, *args: str) -> Ran:
+    """``ags-etl run FILE ARGS`` in this process (the kill and lock tests start real processes)."""
+    result = CliRunner().invoke(main, ["run", str(file), *args], env={"SERVER": src.base, "PW": PASSWORD})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    ran = Ran(result.exit_code, result.stdout, result.stderr)
+    assert PASSWORD not in ran.stdout + ran.stderr
+    return ran
 
 
 def read_output(path: Path) -> dict[int, dict[str, Any]]:
@@ -159,6 +175,8 @@ def state_rows(file: Path) -> list[tuple[Any, ...]]:
     if not db.exists():
         return []
     with contextlib.closing(sqlite3.connect(db)) as conn:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'job_state'").fetchone() is None:
+            return []
         return conn.execute("SELECT * FROM job_state ORDER BY name").fetchall()
 
 
@@ -219,15 +237,15 @@ def test_numeric_cursor_without_deletes_and_full_refresh(source: Source, tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert_equal(read_output(out), edited)
 
-    listed = ags("state", "list", str(file))
-    assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[:3] == ["a", "full", repr(max(
+    listed = CliRunner().invoke(main, ["state", "list", str(file)])
+    assert listed.exit_code == 0 and listed.stdout.splitlines()[1].split()[:3] == ["a", "full", repr(max(
         r["SEQ"] for r in edited.values()))]
-    shown = ags("state", "show", str(file), "a")
-    assert shown.returncode == 0 and json.loads(shown.stdout)["mode"] == "full"
-    cleared = ags("state", "clear", str(file))
-    assert (cleared.returncode, cleared.stdout.strip()) == (0, "cleared a")
+    shown = CliRunner().invoke(main, ["state", "show", str(file), "a"])
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["mode"] == "full"
+    cleared = CliRunner().invoke(main, ["state", "clear", str(file)])
+    assert (cleared.exit_code, cleared.stdout.strip()) == (0, "cleared a")
     assert state_rows(file) == []
-    assert ags("state", "show", str(file), "a").returncode == 2
+    assert CliRunner().invoke(main, ["state", "show", str(file), "a"]).exit_code == 2
 
 
 def _wait(predicate: Any, what: str, timeout: float = 60.0) -> None:
@@ -277,7 +295,7 @@ def test_killed_after_sink_commit_leaves_state_and_next_run_repairs(source: Sour
 def test_killed_during_extraction_changes_nothing(tmp_path: Path) -> None:
     folder = tmp_path / "data"
     folder.mkdir()
-    src = Source(folder, "--max-record-count", "2", "--latency-ms", "150", "--token-auth", f"sync:{PASSWORD}")
+    src = Source(folder, "--max-record-count", "2", "--latency-ms", "100", "--token-auth", f"sync:{PASSWORD}")
     try:
         layer = make_layer(10)
         src.publish(layer)
@@ -292,7 +310,7 @@ def test_killed_during_extraction_changes_nothing(tmp_path: Path) -> None:
             env={**os.environ, "SERVER": src.base, "PW": PASSWORD},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        time.sleep(2.0)  # imports, token, metadata, count: the run is then among its pages
+        _wait(lambda: any(p.name.endswith(".part") for p in out.parent.iterdir()), "the run to open its temp output")
         assert proc.poll() is None, "the run should still be reading"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -303,42 +321,43 @@ def test_killed_during_extraction_changes_nothing(tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr
         assert_equal(read_output(out), layer)
         warnings = json.loads(report.read_text())["jobs"][0]["warnings"]
-        assert len([w for w in warnings if "temp output" in w]) == len(stale)
+        assert stale and len([w for w in warnings if "temp output" in w]) == len(stale)
         assert [p.name for p in out.parent.iterdir() if p.name.endswith(".part")] == []
     finally:
         src.close()
 
 
-def test_two_runs_at_once_one_exits_75(tmp_path: Path) -> None:
-    folder = tmp_path / "data"
-    folder.mkdir()
-    src = Source(folder, "--max-record-count", "3", "--latency-ms", "100", "--token-auth", f"sync:{PASSWORD}")
+def test_two_runs_at_once_one_exits_75(source: Source, tmp_path: Path) -> None:
+    layer = make_layer(12)
+    source.publish(layer)
+    file = pipeline(tmp_path, "{cursor_field: EditDate}")
+    out = tmp_path / "out" / "a.parquet"
+    db = file.parent / ".ags_etl" / "state.db"
+    lock_dir = db.parent / "locks"
+    db.parent.mkdir()
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # holds the first run at its state commit, with its lock taken
+    argv = [sys.executable, "-c", "from ags_etl.cli import main; main()", "run", str(file), "--job", "a", "-q"]
+    first = subprocess.Popen(argv, env={**os.environ, "SERVER": source.base, "PW": PASSWORD},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        layer = make_layer(12)
-        src.publish(layer)
-        file = pipeline(tmp_path, "{cursor_field: EditDate}")
-        out = tmp_path / "out" / "a.parquet"
-        lock_dir = file.parent / ".ags_etl" / "locks"
-        env = {**os.environ, "SERVER": src.base, "PW": PASSWORD}
-        argv = [sys.executable, "-c", "from ags_etl.cli import main; main()", "run", str(file), "--job", "a"]
-        first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _wait(lambda: lock_dir.is_dir() and any(lock_dir.iterdir()), "the first run to take its lock")
+        _wait(out.exists, "the first run's sink to commit")
+        written = (out.stat().st_mtime_ns, out.read_bytes())
         report = tmp_path / "second.json"
-        second = ags("run", str(file), "--job", "a", "--report", str(report), env={"SERVER": src.base, "PW": PASSWORD})
-        assert first.poll() is None, "the first run is still running while the second gives up"
+        second = ags("run", str(file), "--job", "a", "--report", str(report), env={"SERVER": source.base, "PW": PASSWORD})
         assert second.returncode == 75, second.stderr
         assert "is being run by another process" in second.stderr and PASSWORD not in second.stderr
         data = json.loads(report.read_text())
         assert (data["exit_code"], data["status"], data["jobs"][0]["status"]) == (75, "locked", "locked")
-        assert not out.exists() and state_rows(file) == [], "the locked run changed nothing"
-
+        assert (out.stat().st_mtime_ns, out.read_bytes()) == written, "the locked run changed nothing"
         refused = ags("state", "clear", str(file), "a")
         assert refused.returncode == 75, refused.stderr
-
-        stdout, stderr = first.communicate(timeout=120)
-        assert first.returncode == 0, stderr
-        assert_equal(read_output(out), layer)
-        assert len(state_rows(file)) == 1
-        assert not lock_is_held(lock_dir, "a")
+        assert first.poll() is None, "the first run waited all along"
     finally:
-        src.close()
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr
+    assert_equal(read_output(out), layer)
+    assert [s.name for s in StateStore(db).rows()] == ["a"]
+    assert not lock_is_held(lock_dir, "a")
