@@ -242,8 +242,8 @@ class OutputLocation:
             )
 
     def filesystem(self) -> tuple[AbstractFileSystem, str]:
-        """(the fsspec file system, this location's path within it). A new instance each call,
-        so that credentials and endpoints are read from the environment as it is now."""
+        """(the fsspec file system, this location's path within it). fsspec keeps one instance
+        per protocol and options in a process; listings are re-read before every check here."""
         self.require_backend()
         import fsspec
 
@@ -255,7 +255,7 @@ class OutputLocation:
         assert scheme is not None
         protocol = BACKENDS[scheme][0]
         try:
-            fs = fsspec.filesystem(protocol, skip_instance_cache=True, **self.storage_options)
+            fs = fsspec.filesystem(protocol, **self.storage_options)
         except (TypeError, ValueError) as exc:
             raise ConfigError(
                 f"storage_options for {scheme}:// were refused by {BACKENDS[scheme][2]}: "
