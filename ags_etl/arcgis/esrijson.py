@@ -363,6 +363,125 @@ def _decode_points(geoms: list[Any], has_z: bool, has_m: bool) -> np.ndarray:
     return out
 
 
+#: Layer geometry type → the key its geometries list parts under; keys earlier in
+#: _KEY_ORDER win when a geometry has several (as in decode_geometry).
+_PART_KEYS = {"esriGeometryPolygon": "rings", "esriGeometryPolyline": "paths", "esriGeometryMultipoint": "points"}
+_KEY_ORDER = ("x", "rings", "paths", "points")
+_EXACT_INT = 2**53
+
+
+def _nested_coordinates(values: list[Any], levels: int, has_z: bool) -> tuple[list[np.ndarray], np.ndarray] | None:
+    """Nested lists of numbers → (offsets of each list level, vertices as an (n, 2|3) array).
+
+    ``levels`` is the number of list levels above the vertex lists (2 for rings/paths:
+    geometry → parts → vertices; 1 for multipoint vertices). The whole page is converted
+    by Arrow in one pass. Returns None when anything is irregular — nulls, booleans,
+    strings, vertices of different widths, integers beyond 2**53, coordinates that are not
+    finite, an empty page — so the caller takes the careful per-geometry path, which
+    decides (and names) every such case exactly as before.
+    """
+    try:
+        arr = pa.array(values)
+    except _CONVERSION_ERRORS:
+        return None
+    offsets: list[np.ndarray] = []
+    for _ in range(levels + 1):
+        if not pa.types.is_list(arr.type) or arr.null_count or arr.offset:
+            return None
+        offsets.append(arr.offsets.to_numpy())
+        arr = arr.values
+    if arr.null_count or not (pa.types.is_float64(arr.type) or pa.types.is_int64(arr.type)):
+        return None
+    flat = arr.to_numpy()
+    if flat.dtype.kind == "i":
+        if len(flat) and int(np.abs(flat).max()) > _EXACT_INT:
+            return None
+        flat = flat.astype(float)
+    widths = np.diff(offsets[-1])
+    if len(widths) == 0 or widths[0] < 2 or not (widths == widths[0]).all():
+        return None
+    width = int(widths[0])
+    coords = flat.reshape(-1, width)[:, : 3 if has_z and width >= 3 else 2]
+    if not np.isfinite(coords).all():
+        return None
+    return offsets[:-1], np.ascontiguousarray(coords)
+
+
+def _decode_parts_bulk(
+    geoms: list[dict[str, Any] | None], geometry_type: str | None, has_z: bool, out: np.ndarray
+) -> np.ndarray | None:
+    """Decode the plain geometries of a polygon, polyline or multipoint page in bulk.
+
+    Plain means: a polygon of one closed ring of at least 4 vertices, a polyline whose
+    paths all have 2 or more vertices, a multipoint with at least one vertex — with every
+    vertex of the page a list of the same number of finite numbers. Those are built with
+    shapely's vectorised constructors from one coordinate array (results identical to
+    :func:`decode_geometry`) and written into ``out``; returns the mask of rows done, or
+    None when the page has nothing to do in bulk. Every other row (holes, several
+    polygons, open rings, nulls, malformed input) is left to the per-geometry path.
+    """
+    key = _PART_KEYS.get(geometry_type or "")
+    if key is None:
+        return None
+    earlier = _KEY_ORDER[: _KEY_ORDER.index(key)]
+    rows = [
+        i for i, g in enumerate(geoms)
+        if type(g) is dict and type(g.get(key)) is list and not any(k in g for k in earlier)
+    ]
+    if not rows:
+        return None
+    found = _nested_coordinates([geoms[i][key] for i in rows], 1 if key == "points" else 2, has_z)  # type: ignore[index]
+    if found is None:
+        return None
+    offsets, coords = found
+    rows_arr = np.asarray(rows)
+    done = np.zeros(len(geoms), dtype=bool)
+    if key == "points":
+        counts = np.diff(offsets[0])
+        ok = counts > 0
+        owner = np.repeat(np.arange(len(rows)), counts)
+        keep = ok[owner]
+        out[rows_arr[ok]] = shapely.multipoints(coords[keep], indices=np.repeat(np.arange(int(ok.sum())), counts[ok]))
+        done[rows_arr[ok]] = True
+        return done
+    part_counts = np.diff(offsets[0])  # parts per geometry
+    starts, ends = offsets[1][:-1], offsets[1][1:]
+    vertex_counts = ends - starts  # vertices per part
+    part_owner = np.repeat(np.arange(len(rows)), part_counts)
+    if key == "rings":
+        first, last = coords[np.minimum(starts, len(coords) - 1)], coords[np.maximum(ends - 1, 0)]
+        closed = (vertex_counts >= 4) & (first == last).all(axis=1)
+        good_part = closed
+        ok = part_counts == 1
+        ok[part_owner[~good_part]] = False
+    else:
+        good_part = vertex_counts >= 2
+        ok = part_counts > 0
+        ok[part_owner[~good_part]] = False
+    if not ok.any():
+        return None
+    part_ok = ok[part_owner]
+    vertex_ok = np.repeat(part_ok, vertex_counts)
+    ids = np.repeat(np.arange(int(part_ok.sum())), vertex_counts[part_ok])
+    if key == "rings":
+        out[rows_arr[ok]] = shapely.polygons(shapely.linearrings(coords[vertex_ok], indices=ids))
+    else:
+        lines = shapely.linestrings(coords[vertex_ok], indices=ids)
+        kept_counts = part_counts[ok]
+        single = kept_counts == 1
+        line_owner = np.repeat(np.arange(int(ok.sum())), kept_counts)
+        geoms_out = np.empty(int(ok.sum()), dtype=object)
+        geoms_out[single] = lines[single[line_owner]]
+        if not single.all():
+            multi = ~single[line_owner]
+            geoms_out[~single] = shapely.multilinestrings(
+                lines[multi], indices=np.searchsorted(np.flatnonzero(~single), line_owner[multi])
+            )
+        out[rows_arr[ok]] = geoms_out
+    done[rows_arr[ok]] = True
+    return done
+
+
 def decode_geometries(
     geoms: list[dict[str, Any] | None], geometry_type: str | None, *, has_z: bool = False, has_m: bool = False
 ) -> np.ndarray:
@@ -373,8 +492,11 @@ def decode_geometries(
     """
     if geometry_type == "esriGeometryPoint":
         return _decode_points(geoms, has_z, has_m)
-    out = np.empty(len(geoms), dtype=object)
+    out = np.full(len(geoms), None, dtype=object)
+    done = _decode_parts_bulk(geoms, geometry_type, has_z, out)
     for i, g in enumerate(geoms):
+        if done is not None and done[i]:
+            continue
         try:
             out[i] = decode_geometry(g, geometry_type, has_z=has_z, has_m=has_m)
         except _Malformed as exc:
