@@ -432,6 +432,13 @@ def _sink_issues(sink: SinkSpec) -> tuple[list[Issue], Any]:
         if caps is not None and caps.extensions:
             return [Issue(("sink", "path"), f"the {sink.type} sink needs path (a file ending in {', '.join(caps.extensions)})")], cls
         return [], cls
+    from ags_etl.loaders.storage import is_url
+
+    if is_url(sink.path) and not (caps is not None and caps.object_storage):
+        return [Issue(("sink", "path"), (
+            f"the {sink.type} sink cannot write to a URL ({sink.path.split('://', 1)[0]}://); object storage takes "
+            "geoparquet and geojson sinks only; write to a local path, or choose one of those formats"
+        ))], cls
     try:
         make_plugin("loaders", sink.type, sink.options, sink.path, overwrite=sink.overwrite)
     except ConfigError as exc:
@@ -479,7 +486,15 @@ def _sync_issues(job: JobSpec, loader_cls: Any) -> list[Issue]:
     issues = []
     sink = job.sink
     if isinstance(loader_cls, type) and issubclass(loader_cls, FileLoader):
-        if getattr(loader_cls, "name", sink.type) not in MERGEABLE_FILE_SINKS:
+        from ags_etl.loaders.storage import is_url
+
+        if sink.path is not None and (is_url(sink.path) or sink.path.endswith("/") or sink.options.get("partitioned")):
+            issues.append(Issue(
+                ("sync",),
+                "a sync job merges into a single local file; a URL or partitioned dataset sink cannot be merged "
+                "into; write a local .parquet file, or drop sync",
+            ))
+        elif getattr(loader_cls, "name", sink.type) not in MERGEABLE_FILE_SINKS:
             issues.append(Issue(
                 ("sync",),
                 f"a sync job merges its changes into the previous output, which the {sink.type} sink cannot "

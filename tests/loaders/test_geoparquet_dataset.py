@@ -29,7 +29,7 @@ from ags_etl.loaders.geoparquet import GeoParquetLoader
 from ags_etl.loaders.geoparquet_dataset import MANIFEST_NAME, DatasetWriter, PartInfo, read_manifest
 from ags_etl.loaders.storage import OutputLocation
 from ags_etl.server.testing import run_server
-from ags_etl.spec import JobSpec, SinkSpec, SourceSpec, check_job
+from ags_etl.spec import JobSpec, SinkSpec, SourceSpec, SyncSpec, check_job
 from tests.layers import expected_rows, write_layer
 
 from ._data_shp_parquet import make_batches, make_schema
@@ -200,6 +200,10 @@ def test_spec_takes_partitioned_and_refuses_urls_for_other_sinks(tmp_path: Path)
     assert check_job(job(url, str(tmp_path / "ds"), partitioned=True)) == []
     bad = JobSpec(name="x", source=SourceSpec(url=url), sink=SinkSpec(type="shapefile", path="s3://bucket/x.shp"))
     (issue,) = check_job(bad)
-    assert "cannot write to s3:// URLs; object storage takes geoparquet and geojson sinks only" in issue.message
+    assert issue.loc == ("sink", "path")
+    assert "cannot write to a URL (s3://); object storage takes geoparquet and geojson sinks only" in issue.message
+    for path in ("s3://bucket/x.parquet", str(tmp_path / "ds") + "/"):
+        synced = job(url, path).model_copy(update={"sync": SyncSpec(cursor_field="WHEN")})
+        assert [(i.loc, "merges into a single local file" in i.message) for i in check_job(synced)] == [(("sync",), True)]
     with pytest.raises(ConfigError, match="storage_options apply to object-storage URLs"):
         GeoParquetLoader(str(tmp_path / "x.parquet"), storage_options={"endpoint_url": "http://127.0.0.1:1"})

@@ -187,7 +187,7 @@ def test_validate_refuses_urls_for_other_sinks_and_secret_storage_options(tmp_pa
     ]}))
     proc = ags("validate", str(pipeline))
     assert proc.returncode == 78, proc.stderr
-    assert "cannot write to s3:// URLs; object storage takes geoparquet and geojson sinks only" in proc.stderr
+    assert "cannot write to a URL (s3://); object storage takes geoparquet and geojson sinks only" in proc.stderr
     assert "storage_options ['secret'] look like secrets" in proc.stderr
     assert "hunter22" not in proc.stderr
 
