@@ -318,7 +318,7 @@ class DatasetWriter:
         if stale:
             try:
                 fs.rm(stale)
-            except Exception as exc:  # the dataset is committed; leftovers are only a warning
+            except Exception as exc:  # noqa: BLE001 - the dataset is committed; leftovers are only a warning
                 self.warnings.append(
                     f"geoparquet: could not remove {len(stale)} part file(s) of earlier runs under "
                     f"{str(self.location)!r} ({type(exc).__name__}); they are not in the manifest"

@@ -96,7 +96,7 @@ def is_url(path: str | os.PathLike[str]) -> bool:
 
 def names_folder(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is text ending in ``/`` (a dataset folder rather than a file)."""
-    return isinstance(path, str) and (path.endswith("/") or path.endswith(os.sep))
+    return isinstance(path, str) and path.endswith(("/", os.sep))
 
 
 def _installed(module: str) -> bool:
