@@ -8,7 +8,7 @@ the runner before they get here, and no source URL, parameter or credential is k
 JSON layout (``report_version`` 1)::
 
     {"report_version": 1, "pipeline": "pipelines/demo.yaml", "started_at": "2024-06-11T09:00:00Z",
-     "seconds": 1.2, "exit_code": 0, "status": "ok",            # or 1 "failed", 130 "interrupted"
+     "seconds": 1.2, "exit_code": 0, "status": "ok",  # or 1 "failed", 75 "locked", 130 "interrupted"
      "counts": {"ok": 7, "failed": 0, "skipped": 0},
      "jobs": [{"name": "parks", "job": "parks", "status": "ok", "features_read": 40,
                "dropped_by_clip": 0, "written": 40, "pages": 2, "requests": 6, "retries": 0,
@@ -167,7 +167,7 @@ def summary_table(report: RunReport, *, errors: bool = True) -> str:
             lines.append(f"{j.name}: warning: {w}")
     c = report.counts()
     lines.append(
-        f"{len(report.jobs)} job{'' if len(report.jobs) == 1 else 's'}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped "
+        f"{len(report.jobs)} job{'' if len(report.jobs) == 1 else 's'}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped"
         + (f", {c['locked']} locked" if "locked" in c else "")
         + f" in {report.seconds:.1f} s"
     )

@@ -223,6 +223,7 @@ def test_json_report_and_its_atomic_write(tmp_path: Path) -> None:
         "name": "parks", "job": "parks", "status": "ok", "features_read": 40, "dropped_by_clip": 3,
         "written": 37, "pages": 2, "requests": 5, "retries": 1, "seconds": 0.25, "strategy": "oid-list",
         "expected": 40, "output": "out/parks.geojson", "error": None, "warnings": ["field NAME truncated"],
+        "sync": None, "deleted": 0,
     }
     assert data["jobs"][2]["status"] == "skipped" and data["jobs"][2]["output"] is None
     target = tmp_path / "report.json"
