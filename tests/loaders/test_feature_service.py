@@ -5,29 +5,32 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import fiona
-import requests
-
 import numpy as np
 import pyarrow as pa
 import pytest
+import requests
 import shapely
 from pyproj import CRS, Transformer
 
 from ags_etl.arcgis import edits as plan
-from ags_etl.errors import ArcGISError, CapabilityError
+from ags_etl.errors import ArcGISError, CapabilityError, EditError
 from ags_etl.extractors.feature_layer import FeatureLayerExtractor
 from ags_etl.loaders.feature_service import FeatureServiceLoader
 from ags_etl.pipeline import Pipeline, RunResult
-from ags_etl.server.testing import run_server
 from ags_etl.schema import Field, LayerSchema
+from ags_etl.server.testing import run_server
 from ags_etl.spec import JobSpec, SinkSpec, SourceSpec, check_job
 from tests.cli.helpers import ags
+from tests.loopback import JSONHandler, serving
 
 WGS84 = CRS.from_epsg(4326)
 MERCATOR = CRS.from_epsg(3857)
@@ -314,16 +317,24 @@ def post_json(url: str, **params: object) -> dict:
 
 
 def _edit_requests(log: Path) -> int:
-    """applyEdits requests in the access log, once a marker request sent now has been logged (the
-    server logs each request after answering it)."""
+    """applyEdits requests in the access log, once a marker request sent now has been logged and
+    the log stopped growing (the server logs each request after answering it)."""
     marker = f"/arcgis/rest/info/{time.monotonic_ns()}"
     requests.get(_SERVERS[log] + marker, timeout=30)
-    for _ in range(100):
+    for _ in range(200):
         text = log.read_text()
         if marker in text:
-            return sum(1 for line in text.splitlines() if "/applyEdits" in line)
+            break
         time.sleep(0.05)
-    raise AssertionError(f"the server never logged {marker}")
+    else:
+        raise AssertionError(f"the server never logged {marker}")
+    # a request answered just before the marker may still be on its way to the log (another thread)
+    while True:
+        time.sleep(0.3)
+        again = log.read_text()
+        if again == text:
+            return sum(1 for line in text.splitlines() if "/applyEdits" in line)
+        text = again
 
 
 def _features(layer: str, **params: object) -> list[dict]:
@@ -469,3 +480,59 @@ def _by_code_auth(layer: str) -> dict[str, dict]:
     codes = [f["attributes"]["code"] for f in feats]
     assert len(codes) == len(set(codes))
     return {c: f for c, f in zip(codes, feats, strict=True)}
+
+
+class _PickyLayer(JSONHandler):
+    """An editable point layer that fails requests of more than 8 adds (HTTP 500), refuses a whole
+    request holding key K007 (error 400) and fails the add of K013 alone (code 1000)."""
+
+    held: ClassVar[dict[str, dict]] = {}
+    sizes: ClassVar[list[int]] = []
+    layer: ClassVar[dict] = {
+        "name": "picky", "type": "Feature Layer", "geometryType": "esriGeometryPoint", "objectIdField": "OBJECTID",
+        "spatialReference": {"wkid": 4326}, "capabilities": "Create,Delete,Query,Update,Editing", "maxRecordCount": 1000,
+        "fields": [{"name": "OBJECTID", "type": "esriFieldTypeOID"},
+                   {"name": "code", "type": "esriFieldTypeString", "length": 10},
+                   {"name": "name", "type": "esriFieldTypeString", "length": 50},
+                   {"name": "pop", "type": "esriFieldTypeInteger"}],
+    }
+
+    def answer(self, path: str, params: dict[str, str]) -> tuple[int, str, bytes]:
+        if path.endswith("/applyEdits"):
+            adds = json.loads(params["adds"])
+            self.sizes.append(len(adds))
+            if len(adds) > 8:
+                return 500, "text/html", b"<html>busy</html>"
+            if any(a["attributes"]["code"] == "K007" for a in adds):
+                error = {"code": 400, "message": "Unable to complete operation.", "details": ["K007 is cursed"]}
+                return 200, "application/json", json.dumps({"error": error}).encode()
+            results = []
+            for a in adds:
+                if a["attributes"]["code"] == "K013":
+                    results.append({"objectId": None, "success": False, "error": {"code": 1000, "description": "bad value"}})
+                else:
+                    self.held[a["attributes"]["code"]] = a
+                    results.append({"objectId": len(self.held), "success": True})
+            return 200, "application/json", json.dumps({"addResults": results}).encode()
+        if path.endswith("/query"):
+            asked = re.findall(r"'([^']*)'", params.get("where", ""))
+            feats = [{"attributes": {"code": c}} for c in asked if c in self.held]
+            return 200, "application/json", json.dumps({"features": feats}).encode()
+        return 200, "application/json", json.dumps(self.layer).encode()
+
+
+def test_failed_batches_are_halved_and_faulty_features_reported_alone(source: str) -> None:
+    with serving(_PickyLayer) as base:
+        target = f"{base}/arcgis/rest/services/picky/FeatureServer/0"
+        loader = FeatureServiceLoader(target, mode="append", key="code", batch_size=16, fields={"ratio": None, "when": None})
+        with pytest.raises(EditError) as info:
+            _run(_layer(source), loader)
+    text = str(info.value)
+    assert "2 feature(s) could not be written" in text
+    assert "add of key 'K007' failed: error 400: K007 is cursed" in text
+    assert "add of key 'K013' failed: error 1000: bad value" in text
+    assert set(_PickyLayer.held) == {f"K{i:03d}" for i in range(N)} - {"K007", "K013"}
+    sizes = _PickyLayer.sizes
+    assert sizes[:2] == [16, 8] and 1 in sizes  # halved after the failure, down to one for K007
+    assert all(b <= 8 for a, b in itertools.pairwise(sizes) if a > 8)  # every failure halves
+    assert sizes.count(16) >= 2  # and good requests grow the batch back
