@@ -43,7 +43,13 @@ from collections.abc import Iterator
 from ags_etl.arcgis.catalog import expand_job
 from ags_etl.arcgis.client import ArcGISClient, redact
 from ags_etl.batch import FeatureBatch
-from ags_etl.build import build_auth, build_extractor, build_pipeline, dry_run_job, network_options
+from ags_etl.build import (
+    build_auth,
+    build_extractor,
+    build_pipeline,
+    dry_run_job,
+    network_options,
+)
 from ags_etl.errors import AgsEtlError, ConfigError, JobLockedError
 from ags_etl.extractors.feature_layer import ExtractStats
 from ags_etl.loaders.base import FileLoader, stale_temp_outputs

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from ags_etl.errors import ConfigError, JobLockedError
 from ags_etl.sync import Cursor
@@ -213,7 +213,7 @@ class JobLock:
         self.job = job
         self._fd: int | None = None
 
-    def __enter__(self) -> JobLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

@@ -39,7 +39,13 @@ import pyarrow.compute as pc  # type: ignore[import-untyped]
 
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import ConfigError, LoadError
-from ags_etl.loaders.base import FileLoader, Loader, LoaderCapabilities, LoadStats, Writer
+from ags_etl.loaders.base import (
+    FileLoader,
+    Loader,
+    LoaderCapabilities,
+    LoadStats,
+    Writer,
+)
 from ags_etl.schema import LayerSchema
 
 if TYPE_CHECKING:
@@ -101,7 +107,7 @@ class Cursor:
         return repr(self.value)
 
 
-def parse_lag(value: str | int | float | None) -> float:
+def parse_lag(value: str | float | None) -> float:
     """Seconds of overlap from ``5m``, ``30s``, ``2h``, ``1d``, ``90`` or a number (seconds).
 
     None is 0. Raises ValueError naming the value and the accepted forms.
@@ -109,7 +115,9 @@ def parse_lag(value: str | int | float | None) -> float:
     if value is None:
         return 0.0
     if isinstance(value, bool):
-        raise ValueError(f"lag {value!r} is not a duration; give seconds or text such as '30s', '5m', '2h', '1d'")
+        raise ValueError(  # noqa: TRY004 - pydantic reports ValueErrors as validation problems
+            f"lag {value!r} is not a duration; give seconds or text such as '30s', '5m', '2h', '1d'"
+        )
     if isinstance(value, (int, float)):
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"lag {value!r} must be 0 or more seconds")
@@ -132,7 +140,7 @@ def parse_date_ms(text: str) -> int | None:
     return None
 
 
-def parse_initial_value(value: str | int | float | None) -> Cursor | None:
+def parse_initial_value(value: str | float | None) -> Cursor | None:
     """The cursor of a job without state: text is a date (UTC), a number is a number.
 
     Raises ValueError for text that is not a date.
@@ -140,7 +148,7 @@ def parse_initial_value(value: str | int | float | None) -> Cursor | None:
     if value is None:
         return None
     if isinstance(value, bool):
-        raise ValueError(f"initial_value {value!r} is neither a date text nor a number")
+        raise ValueError(f"initial_value {value!r} is neither a date text nor a number")  # noqa: TRY004 - for pydantic
     if isinstance(value, (int, float)):
         if not math.isfinite(value):
             raise ValueError(f"initial_value {value!r} must be a finite number")
@@ -154,7 +162,7 @@ def parse_initial_value(value: str | int | float | None) -> Cursor | None:
     return Cursor("date", ms)
 
 
-def _sql_timestamp(ms: int | float) -> str:
+def _sql_timestamp(ms: float) -> str:
     moment = _EPOCH + dt.timedelta(milliseconds=math.floor(ms / 1000) * 1000)
     return f"timestamp '{moment.strftime('%Y-%m-%d %H:%M:%S')}'"
 

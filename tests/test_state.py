@@ -12,11 +12,20 @@ from pathlib import Path
 import pytest
 
 from ags_etl.errors import ConfigError, JobLockedError
-from ags_etl.state import DEFAULT_STATE, JobLock, JobState, StateStore, lock_is_held, state_path
+from ags_etl.state import (
+    DEFAULT_STATE,
+    JobLock,
+    JobState,
+    StateStore,
+    lock_is_held,
+    state_path,
+)
 from ags_etl.sync import Cursor
 
+NOVEMBER = Cursor("date", 1_700_000_000_000)
 
-def _state(name: str, job: str, cursor: Cursor | None = Cursor("date", 1_700_000_000_000)) -> JobState:
+
+def _state(name: str, job: str, cursor: Cursor | None = NOVEMBER) -> JobState:
     return JobState(name=name, job=job, cursor=cursor, source={"url": "https://h/arcgis/rest/services/S/FeatureServer/0"},
                     mode="full", last_run="2024-01-01T00:00:00Z", features_read=5, written=5, deleted=1, output="o.parquet")
 
@@ -67,9 +76,9 @@ def test_lock_held_by_another_process_and_freed_when_it_is_killed(tmp_path: Path
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(locks), "job a/b"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(JobLockedError, match="'job a/b' is being run by another process") as err:
-            with JobLock(locks, "job a/b"):
-                pass
+        with pytest.raises(JobLockedError, match="'job a/b' is being run by another process") as err, \
+                JobLock(locks, "job a/b"):
+            pass
         assert err.value.job == "job a/b"
         assert lock_is_held(locks, "job a/b") and not lock_is_held(locks, "job a_b"), "names that clean alike differ"
         with JobLock(locks, "other"):

@@ -28,7 +28,6 @@ import shapely
 from click.testing import CliRunner
 
 from ags_etl.cli import main
-
 from ags_etl.server.testing import run_server
 from ags_etl.state import StateStore, lock_is_held
 from tests.cli.helpers import ags
@@ -356,7 +355,7 @@ def test_two_runs_at_once_one_exits_75(source: Source, tmp_path: Path) -> None:
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    stdout, stderr = first.communicate(timeout=120)
+    _, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stderr
     assert_equal(read_output(out), layer)
     assert [s.name for s in StateStore(db).rows()] == ["a"]
