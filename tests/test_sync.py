@@ -19,7 +19,15 @@ from ags_etl.config import parse_pipeline
 from ags_etl.errors import ConfigError, PipelineFileError
 from ags_etl.server.testing import run_server
 from ags_etl.spec import JobSpec, SinkSpec, SourceSpec, SyncSpec, check_job
-from ags_etl.sync import Cursor, batch_cursor, cursor_where, parse_initial_value, parse_lag, plan_sync, source_identity
+from ags_etl.sync import (
+    Cursor,
+    batch_cursor,
+    cursor_where,
+    parse_initial_value,
+    parse_lag,
+    plan_sync,
+    source_identity,
+)
 from tests.server.serve_helpers import get_json
 
 URL = "https://host/arcgis/rest/services/S/FeatureServer/0"
