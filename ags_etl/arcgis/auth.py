@@ -89,6 +89,9 @@ class Auth(ABC, requests.auth.AuthBase):
         self.verify = verify
         self.proxy = proxy
 
+    def close(self) -> None:
+        """Release what token requests hold open (nothing for a fixed token); reopened on demand."""
+
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         """requests' auth hook: the token as ``X-Esri-Authorization`` (nothing when anonymous)."""
         token = self.token(request.url or "")

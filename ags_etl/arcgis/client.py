@@ -329,6 +329,7 @@ class ArcGISClient:
 
     def close(self) -> None:
         self.session.close()
+        self.auth.close()  # its token session; a shared auth reopens it when asked again
 
     # ------------------------------------------------------------------ public
 
