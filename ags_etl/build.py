@@ -129,7 +129,29 @@ def build_pipeline(job: JobSpec, *, progress: Callable[[int, int | None], None] 
     loader_args: tuple[Any, ...] = () if sink.path is None else (sink.path,)
     loader = make_plugin("loaders", sink.type, sink.options, *loader_args, overwrite=sink.overwrite)
     extractor = build_extractor(job.source)
+    if sink.path is not None and job.source.type == "arcgis":
+        _attach_staging(job, extractor, sink.path)
     return Pipeline(extractor, transformers, loader, progress=progress)
+
+
+def _attach_staging(job: JobSpec, extractor: Any, path: str) -> None:
+    """``resume``: give the extractor the staging folder beside ``path``. Without it, an
+    existing staging folder is left alone and reported (a later ``--resume`` run uses it)."""
+    from ags_etl.extractors.staging import StagingStore
+    from ags_etl.loaders.storage import is_url
+
+    if is_url(path):
+        return  # check_job refused resume for URL sinks
+    store = StagingStore.beside(path)
+    if job.resume:
+        extractor.staging = store
+    elif store.exists():
+        log.warning(
+            "%s holds pages staged by an earlier run of job %r that was stopped; run with --resume "
+            "(resume: true) to reuse them, or delete the folder",
+            store.folder,
+            job.name,
+        )
 
 
 def dry_run_job(job: JobSpec) -> JobSpec:

@@ -216,6 +216,9 @@ class JobSpec(_Strict):
     transforms: list[TransformSpec] = Field(default_factory=list)
     sink: SinkSpec
     sync: SyncSpec | None = None
+    #: Keep completed pages in ``.<target name>.resume/`` beside the sink's file and reuse them
+    #: when the same job is run again after a kill (see ags_etl.extractors.staging).
+    resume: bool = False
 
 
 class PipelineSpec(_Strict):
@@ -477,10 +480,11 @@ def _fit_issues(job: JobSpec, built: list[Any], loader_cls: Any) -> list[Issue]:
 
 
 def _sync_issues(job: JobSpec, loader_cls: Any) -> list[Issue]:
-    """A sync job's sink can be merged into (GeoParquet) or takes deletes itself; the cursor
-    field and key are among ``source.fields`` when those are listed."""
+    """A sync job's sink is a single local file (merged by key) or takes part in sync itself
+    (``supports_sync``; its own ``sync_issues(options, sync)`` classmethod, when it has one,
+    names what else it needs); the cursor field and key are among ``source.fields`` when
+    those are listed."""
     from ags_etl.loaders.base import FileLoader
-    from ags_etl.sync import MERGEABLE_FILE_SINKS
 
     assert job.sync is not None
     issues = []
@@ -492,20 +496,18 @@ def _sync_issues(job: JobSpec, loader_cls: Any) -> list[Issue]:
             issues.append(Issue(
                 ("sync",),
                 "a sync job merges into a single local file; a URL or partitioned dataset sink cannot be merged "
-                "into; write a local .parquet file, or drop sync",
-            ))
-        elif getattr(loader_cls, "name", sink.type) not in MERGEABLE_FILE_SINKS:
-            issues.append(Issue(
-                ("sync",),
-                f"a sync job merges its changes into the previous output, which the {sink.type} sink cannot "
-                f"read back; write GeoParquet (type: geoparquet, path ending in .parquet), or drop sync",
+                "into; write a local file, or drop sync",
             ))
     elif not getattr(loader_cls, "supports_sync", False):
         issues.append(Issue(
             ("sync",),
-            f"the {sink.type} sink cannot take part in a sync job (it neither merges nor deletes by key); "
-            "write GeoParquet, or drop sync",
+            f"the {sink.type} sink cannot take part in a sync job (it neither merges nor upserts by key); "
+            "write a file (GeoParquet, GeoJSON, GeoJSONL, shapefile, KMZ), or drop sync",
         ))
+    else:
+        own = getattr(loader_cls, "sync_issues", None)
+        if callable(own):
+            issues += [Issue(loc, message) for loc, message in own(sink.options, job.sync)]
     fields = job.source.fields
     if fields is not None:
         listed = {f.lower() for f in fields}
@@ -536,7 +538,23 @@ def check_job(job: JobSpec) -> list[Issue]:
     issues += found
     if not issues:
         issues += _fit_issues(job, built, loader_cls)
+    if job.resume:
+        issues += _resume_issues(job)
     return issues
+
+
+def _resume_issues(job: JobSpec) -> list[Issue]:
+    """``resume: true`` stages pages beside a local output file of an ArcGIS source."""
+    from ags_etl.loaders.storage import is_url
+
+    if job.source.type != "arcgis":
+        return [Issue(("resume",), f"resume works with arcgis sources only, not {job.source.type}; drop resume")]
+    if job.sink.path is None or is_url(job.sink.path):
+        return [Issue(("resume",), (
+            f"resume keeps completed pages beside a local output file, and sink path {job.sink.path!r} is none; "
+            "write to a local path or drop resume"
+        ))]
+    return []
 
 
 def validate_job_data(data: Any) -> tuple[JobSpec | None, list[Issue]]:

@@ -163,6 +163,10 @@ def _check(job: JobSpec) -> None:
 @click.option("--ca-bundle", metavar="PATH", help="PEM file of CA certificates to verify servers against.")
 @click.option("--name-field", help="KMZ: the field that names each placemark (default: the first string field).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (only once the new one is complete).")
+@click.option(
+    "--resume", is_flag=True,
+    help="Keep completed pages in .NAME.resume/ beside the output and reuse them after a stopped run.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @auth_options
 @handle_errors
@@ -192,6 +196,7 @@ def pull_cmd(
     ca_bundle: str | None,
     name_field: str | None,
     overwrite: bool,
+    resume: bool,
     quiet: bool,
     token: str | None,
     api_key: str | None,
@@ -235,6 +240,7 @@ def pull_cmd(
             rename, drop, cast, decode_domains, clip, clip_file, clip_crs, t_srs, server_side_reproject
         ),
         sink=SinkSpec(type=loader_name, path=str(path), overwrite=overwrite, **sink_options),
+        resume=resume,
     )
     _check(job)
     with make_progress(quiet, brief=True) as progress:
@@ -248,6 +254,8 @@ def pull_cmd(
     if not quiet:
         ex = result.extract
         extra = "".join(f", {k} {v}" for k, v in result.transform_counters.items() if v)
+        if ex.resumed:
+            extra += f", {ex.resumed} pages from the staging folder"
         click.echo(
             f"wrote {result.load.features} features to {path} ({ex.strategy}, {ex.pages} pages, "
             f"{ex.requests} requests, {ex.retries} retries{extra}, {result.seconds:.1f} s)",

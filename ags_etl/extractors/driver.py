@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from ags_etl.errors import PagingError
 from ags_etl.extractors.executor import Executor
 from ags_etl.extractors.plans import Planner
 from ags_etl.extractors.tasks import PageResult, PageTask, row_keys
+
+if TYPE_CHECKING:
+    from ags_etl.extractors.staging import StagingStore
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,8 @@ class ExtractStats:
     unchecked: str | None = None
     #: The response format pages used and why (json, geojson or pbf; see ags_etl.arcgis.pbf).
     response_format: str = ""
+    #: Pages read back from the staging folder of a resumed run instead of fetched.
+    resumed: int = 0
 
 
 def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +137,7 @@ def drive(
     *,
     oid_field: str | None,
     version: object = None,
+    staging: StagingStore | None = None,
 ) -> Iterator[FeatureBatch]:
     """Run ``planner``'s tasks through ``fetch`` on ``executor``; yield new rows, in task order.
 
@@ -140,18 +147,30 @@ def drive(
     rows, when the planner keeps them, are yielded without the ones seen before. On
     Ctrl-C, SIGTERM or an abandoned iteration the executor is shut down without
     waiting for requests in flight.
+
+    With ``staging`` (a resumed run), a task whose page is staged is not submitted: its
+    staged result takes its place in the window, and is recorded, counted and
+    de-duplicated like a fetched one; a fetched page the planner keeps is staged.
     """
     seen = SeenIds()
-    window: deque[Future[PageResult]] = deque()
+    window: deque[tuple[Future[PageResult], bool]] = deque()
     limit = 2 * max(1, executor.concurrency)
     pages = 0
     try:
         while True:
             while len(window) < limit and (task := planner.take()) is not None:
-                window.append(executor.submit(fetch, task))
+                staged = staging.load(task) if staging is not None else None
+                if staged is None:
+                    window.append((executor.submit(fetch, task), False))
+                else:
+                    done: Future[PageResult] = Future()
+                    done.set_result(staged)
+                    window.append((done, True))
+                    stats.resumed += 1
             if not window:
                 break
-            result = window.popleft().result()
+            future, from_staging = window.popleft()
+            result = future.result()
             pages += 1
             stats.pages += 1
             keep = planner.record(result)
@@ -165,6 +184,8 @@ def drive(
                     f"up (a count too high, or pages shorter than they say). Retry; if it repeats, try another "
                     f"--strategy, and report the server version ({version})"
                 )
+            if keep and staging is not None and not from_staging:
+                staging.save(result)
             if not keep or result.rows == 0:
                 continue
             keys = (

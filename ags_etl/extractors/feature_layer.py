@@ -60,6 +60,7 @@ from ags_etl.errors import (
 from ags_etl.extractors.driver import ExtractStats, drive
 from ags_etl.extractors.executor import Executor, ThreadExecutor, ordered_map
 from ags_etl.extractors.plans import MAX_STALLED_ROUNDS, planner_for
+from ags_etl.extractors.staging import StagingStore, manifest_for
 from ags_etl.extractors.tasks import (
     ClientSpec,
     OffsetPage,
@@ -119,6 +120,7 @@ class FeatureLayerExtractor:
         ca_bundle: str | None = None,
         client: ArcGISClient | None = None,
         executor: Executor | None = None,
+        staging: StagingStore | None = None,
     ) -> None:
         self.url = validate_url(url)
         self.where = where.strip() if where is not None and where.strip() else "1=1"
@@ -169,6 +171,9 @@ class FeatureLayerExtractor:
         self._probes: Probes | None = None
         self._page_size = 0
         self._format: pbf.FormatChoice | None = None
+        #: Completed pages of a resumable run (``--resume``); removed once the run succeeded.
+        self.staging = staging
+        self._complete = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -180,8 +185,14 @@ class FeatureLayerExtractor:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            # Exited without an error after a complete extraction: the output is committed
+            # (the loader's block is inside this one), so the staged pages are done with.
+            if exc_type is None and self._complete and self.staging is not None:
+                self.staging.remove()
+        finally:
+            self.close()
 
     def close(self) -> None:
         if self._own_client:
@@ -491,13 +502,51 @@ class FeatureLayerExtractor:
         info, schema = self._require_open()
         planner = planner_for(plan, self.probe(), info, check_spots=self.out_crs is None, notes=self.stats.notes)
         ctx = self.context()
+        if self.staging is not None:
+            probes = self.probe()
+            manifest = manifest_for(info, ctx.params, ctx.response_format, plan, probes, self._max_oid(probes))
+            discarded = self.staging.begin(manifest, schema)
+            if discarded is not None:
+                self.stats.notes.append(discarded)
         if self.executor.shares_memory:
             fetch = partial(fetch_page, ctx=ctx, client=self.client)
         else:
             fetch = partial(fetch_page, ctx=ctx)  # picklable: each worker process builds its own client
         yield from drive(
-            planner, fetch, self.executor, self.stats, oid_field=schema.oid_field, version=info.current_version
+            planner,
+            fetch,
+            self.executor,
+            self.stats,
+            oid_field=schema.oid_field,
+            version=info.current_version,
+            staging=self.staging,
         )
+
+    def _max_oid(self, probes: Probes) -> int | None:
+        """The highest OID matching the query, for a resumed run's layer fingerprint: the last
+        id of the id list, the statistics probe's maximum, or one statistics request (None
+        when the layer has no OID field or the server gives no statistics)."""
+        info, schema = self._require_open()
+        if probes.ids is not None:
+            return int(probes.ids[-1]) if len(probes.ids) else None
+        if probes.oid_max is not None:
+            return probes.oid_max
+        if schema.oid_field is None or info.oid_is_hash:
+            return None
+        params = {
+            "where": self.where,
+            "returnGeometry": False,
+            "outStatistics": [
+                {"statisticType": "max", "onStatisticField": schema.oid_field, "outStatisticFieldName": "AGS_ETL_MAX"}
+            ],
+        }
+        try:
+            data = self.client.post(info.url + "/query", params)
+            attrs = (data.get("features") or [{}])[0].get("attributes") or {}
+        except (ServiceError, TransientError, IndexError):
+            return None  # no statistics: count and last edit date still tell a changed layer
+        value = next((v for v in attrs.values() if v is not None), None)
+        return None if value is None else paging.as_oid(value, "the maximum OID from outStatistics", info.url)
 
     # ------------------------------------------------------------------ iteration
 
@@ -520,6 +569,7 @@ class FeatureLayerExtractor:
         self.stats.requests = self.client.requests_made
         self.stats.retries = self.client.retries_made
         self._check_complete(plan)
+        self._complete = True
 
     def _check_complete(self, plan: Plan) -> None:
         """Distinct features read must equal the server's count; skipped only without a count (box-split)."""
