@@ -29,7 +29,8 @@ Contract:
   (:class:`ags_etl.state.JobLock`); when another process holds it the job is reported
   ``locked``, nothing is read or written, and the run's exit code is 75 unless a job failed
   (then 1). Its state is written only after its sink committed; ``full_refresh`` ignores the
-  state. Once the lock is held, temp outputs a killed run left beside the sink's target are
+  state. File sinks other than GeoParquet keep their merged data in a GeoParquet shadow in
+  ``data/`` beside the state file. Once the lock is held, temp outputs a killed run left beside the sink's target are
   removed (each named in the job's warnings).
 """
 
@@ -59,6 +60,7 @@ from ags_etl.report import JobReport, RunReport
 from ags_etl.spec import JobSpec, PipelineSpec
 from ags_etl.state import JobLock, JobState, StateStore, now_text, state_path
 from ags_etl.sync import (
+    MERGEABLE_FILE_SINKS,
     DeletingSink,
     MergingLoader,
     SyncOutcome,
@@ -66,7 +68,9 @@ from ags_etl.sync import (
     later,
     plan_sync,
     previous_output,
+    pending_shadow,
     remove_tree,
+    shadow_path,
     source_identity,
     source_keys,
 )
@@ -213,21 +217,30 @@ class PipelineRun:
 
     def _prepare_sync(self, job: JobSpec, pipeline: Pipeline) -> SyncOutcome:
         """Plan the run from the state (full or incremental), set the extractor's where clause,
-        wrap a file sink in a :class:`MergingLoader`, watch the cursor; remove stale temp outputs."""
+        wrap a file sink in a :class:`MergingLoader` (with a shadow in the state folder unless
+        the output is GeoParquet), tell any other sink which run this is, watch the cursor;
+        remove stale temp outputs."""
         assert job.sync is not None and job.sync.cursor_field is not None
         stored = None if self.full_refresh else self.state.get(job.name)
         loader = pipeline.loader
-        previous = previous_output(loader)
+        output = previous_output(loader)
+        shadow = None
+        if isinstance(loader, FileLoader) and loader.name not in MERGEABLE_FILE_SINKS:
+            shadow = shadow_path(self.state.path.parent, job.name, loader.target)
         warnings = []
-        if previous is not None:
-            for stale in stale_temp_outputs(previous):  # safe: this job's lock is held
+        for target in (output, None if shadow is None else pending_shadow(shadow)):
+            for stale in [] if target is None else stale_temp_outputs(target):  # safe: this job's lock is held
                 remove_tree(stale)
                 warnings.append(f"removed {str(stale)!r}, a temp output left by an earlier run that was killed")
+        if output is None:
+            have_previous = True
+        else:
+            have_previous = output.exists() and (shadow is None or shadow.exists())
         plan = plan_sync(
             job,
             stored_cursor=None if stored is None else stored.cursor,
             stored_identity=None if stored is None else stored.source,
-            previous_output=True if previous is None else previous.exists(),
+            previous_output=have_previous,
             full_refresh=self.full_refresh,
         )
         log.info("job %s: %s sync (%s)", job.name, plan.mode, plan.reason)
@@ -242,11 +255,20 @@ class PipelineRun:
         pipeline.observers.append(observe)
         if isinstance(loader, FileLoader):
             where = job.source.where
+            previous = output if shadow is None else shadow
             pipeline.loader = sync.loader = MergingLoader(
                 loader,
                 key=job.sync.key,
                 previous=previous if plan.mode == "incremental" else None,
                 source_keys=(lambda key: source_keys(extractor, where, key)) if job.sync.detect_deletes else None,
+                shadow=shadow,
+            )
+        elif isinstance(loader, DeletingSink) and getattr(loader, "supports_sync", False):
+            sync.key = loader.prepare_sync(full=plan.mode == "full", key=job.sync.key)
+        else:
+            raise ConfigError(
+                f"job {job.name!r}: the {loader.name} sink cannot take part in a sync job (it neither merges "
+                "nor upserts by key); write a file, or drop sync"
             )
         return sync
 
@@ -255,8 +277,8 @@ class PipelineRun:
         assert job.sync is not None
         if sync.loader is not None:
             sync.merge = sync.loader.merge
-        elif job.sync.detect_deletes and sync.plan.mode == "incremental":
-            sync.merge.deleted = self._apply_deletes(job, pipeline)
+        elif job.sync.detect_deletes:
+            sync.merge.deleted = self._apply_deletes(job, pipeline, sync)
         cursor = later(sync.plan.cursor, sync.cursor)
         self.state.put(JobState(
             name=job.name, job=job_name, cursor=cursor, source=source_identity(job), mode=sync.plan.mode,
@@ -264,23 +286,15 @@ class PipelineRun:
             deleted=sync.merge.deleted, output=pipeline.loader.target,
         ))
 
-    def _apply_deletes(self, job: JobSpec, pipeline: Pipeline) -> int:
-        """Keys the target holds and the source does not, deleted through the sink."""
-        assert job.sync is not None
+    def _apply_deletes(self, job: JobSpec, pipeline: Pipeline, sync: SyncOutcome) -> int:
+        """Keys the target holds and the source (its whole where clause) does not, deleted
+        through the sink — after full runs too, which may follow a changed where clause."""
         loader = pipeline.loader
-        if not isinstance(loader, DeletingSink):
-            raise ConfigError(
-                f"sink {loader.name!r} cannot delete features (no apply_deletes); drop sync.detect_deletes "
-                "or write a GeoParquet file"
-            )
-        schema = pipeline.extractor.schema
-        key = job.sync.key or (None if schema is None else schema.oid_field)
-        if key is None:
-            raise ConfigError(f"job {job.name!r}: the layer has no OID field; give sync.key")
+        assert isinstance(loader, DeletingSink) and sync.key is not None
         with build_extractor(job.source) as extractor:
-            present = source_keys(extractor, job.source.where, key)
-        gone = sorted(loader.existing_keys(key) - present, key=str)
-        return loader.apply_deletes(key, gone) if gone else 0
+            present = source_keys(extractor, job.source.where, sync.key)
+        gone = sorted(loader.existing_keys(sync.key) - present, key=str)
+        return loader.apply_deletes(sync.key, gone) if gone else 0
 
     def _run_job(self, job: JobSpec) -> Iterator[JobReport]:
         """Reports of one job as written in the file: one per layer, or one failed/skipped/locked entry."""

@@ -11,13 +11,22 @@ The pure decisions live here: :func:`parse_lag`, :func:`parse_initial_value`,
 clock), :func:`source_identity` and :func:`plan_sync` (full or incremental, and why).
 
 A file sink of a sync job is wrapped in a :class:`MergingLoader`: the changes are written
-first, then the rows of the previous output whose key was neither changed nor deleted, all
-through the sink's own atomic writer (temp file, rename). With ``detect_deletes`` the
-source's full id set (``returnIdsOnly``, or the key field's values) is read after the
-changes and every previous row whose key is not in it is dropped. Only GeoParquet outputs
-can be merged (:data:`MERGEABLE_FILE_SINKS`); a sink that is not a file takes part in sync
-jobs by having ``supports_sync = True`` and an ``apply_deletes(keys)`` method (see
-:class:`DeletingSink`).
+first, then the rows of the previous merged data whose key was neither changed nor deleted.
+With ``detect_deletes`` the source's full id set (``returnIdsOnly``, or the key field's
+values) is read after the changes and every previous row whose key is not in it is dropped.
+A GeoParquet output is its own merged data (:data:`MERGEABLE_FILE_SINKS`): it is read back
+and rewritten through the sink's atomic writer. Every other file sink (GeoJSON, GeoJSONL,
+shapefile, KMZ, a plugin's) keeps a GeoParquet *shadow* of its merged data in the state
+folder (:func:`shadow_path`); the changes are merged into a new shadow, the output is
+rendered from it through the sink's own writer, and the shadow is renamed into place. Commit
+order, so that a run killed anywhere leaves the state as it was and the next run (reading
+again from the old cursor) repairs everything::
+
+    new shadow → <shadow>.pending.parquet → output committed (temp + rename)
+               → pending renamed onto the shadow → (runner) state row written
+
+A sink that is not a file takes part in sync jobs by having ``supports_sync = True`` and the
+methods of :class:`DeletingSink`.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -64,11 +74,12 @@ __all__ = [
     "parse_lag",
     "plan_sync",
     "remove_tree",
+    "shadow_path",
     "source_identity",
     "source_keys",
 ]
 
-#: File sinks whose previous output a sync job can read back and merge into.
+#: File sinks whose previous output is read back and merged into as it is (no shadow needed).
 MERGEABLE_FILE_SINKS = frozenset({"geoparquet"})
 
 _LAG = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.IGNORECASE)
@@ -334,17 +345,43 @@ def source_keys(extractor: FeatureLayerExtractor, where: str | None, key: str) -
 class DeletingSink(Protocol):
     """A sink that is not a file and takes part in sync jobs.
 
-    The runner builds it as usual (its own options choose upsert by key), writes only the
-    changed features through :meth:`Loader.open`, then — once that block committed — calls
-    ``apply_deletes(keys)`` with the keys ``detect_deletes`` found missing at the source, and
-    ``existing_keys()`` to learn what the target holds. Both raise LoadError on failure.
+    The runner builds it as usual, calls :meth:`prepare_sync` before the run, writes only the
+    changed features (all of them in a full run) through :meth:`Loader.open` — the sink
+    upserts them by key — then, once that block committed and when ``detect_deletes`` is
+    set, asks :meth:`existing_keys` what the target holds and calls :meth:`apply_deletes`
+    with the keys the source no longer has. All three raise LoadError (or its subclasses)
+    on failure, ConfigError for a job they cannot serve.
     """
 
     supports_sync: ClassVar[bool]
 
-    def existing_keys(self, key: str) -> set[Any]: ...
+    def prepare_sync(self, *, full: bool, key: str | None) -> str:
+        """Before the run: ``full`` False means the stream holds the changed features only,
+        so nothing may be deleted for being absent from it. ``key`` is ``sync.key``; returns
+        the source field whose values match features of the target."""
+        ...
 
-    def apply_deletes(self, key: str, keys: Sequence[Any]) -> int: ...
+    def existing_keys(self, key: str) -> set[Any]:
+        """Every key value the target holds now (after the changes were written)."""
+        ...
+
+    def apply_deletes(self, key: str, keys: Sequence[Any]) -> int:
+        """Delete the target's features with these key values; return how many were deleted."""
+        ...
+
+
+def shadow_path(state_dir: Path, name: str, target: str | None) -> Path:
+    """The GeoParquet shadow of the layer job ``name`` writing ``target``:
+    ``<state_dir>/data/<name made safe>.<digest of name and target>.parquet``. Another
+    target (the sink path changed) has another shadow, so its first run is a full one."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80]
+    digest = hashlib.sha256(f"{name}\0{target}".encode()).hexdigest()[:12]
+    return state_dir / "data" / f"{safe}.{digest}.parquet"
+
+
+def pending_shadow(shadow: Path) -> Path:
+    """Where a run writes its new shadow before the output is committed."""
+    return shadow.with_name(shadow.stem + ".pending.parquet")
 
 
 @dataclass
@@ -374,12 +411,16 @@ class _MergeWriter:
 
 
 class MergingLoader(Loader):
-    """The sink of a sync job writing a file: changes first, then the previous output's rows
+    """The sink of a sync job writing a file: changes first, then the previous merged rows
     whose key is neither among the changes nor (with ``source_keys``) gone from the source.
 
-    ``previous`` is the output of the last committed run (None: write the changes only, a
-    full run). ``source_keys`` is called once the changes are written, while the extractor
-    is open. The sink replaces its target whatever its ``overwrite``: a sync job owns it.
+    ``previous`` is the merged data of the last committed run — the output itself for a
+    GeoParquet sink, else the shadow — or None: write the changes only (a full run).
+    ``shadow`` (required for sinks outside :data:`MERGEABLE_FILE_SINKS`) is where the merged
+    data is kept; the output is then rendered from it (see the module docstring for the
+    commit order). ``source_keys`` is called once the changes are written, while the
+    extractor is open. The sink replaces its target whatever its ``overwrite``: a sync job
+    owns it.
     """
 
     name: ClassVar[str] = "merge"
@@ -392,18 +433,20 @@ class MergingLoader(Loader):
         key: str | None,
         previous: Path | None,
         source_keys: Callable[[str], set[Any]] | None = None,
+        shadow: Path | None = None,
     ) -> None:
         super().__init__(overwrite=True)
-        if inner.name not in MERGEABLE_FILE_SINKS:
+        if shadow is None and inner.name not in MERGEABLE_FILE_SINKS:
             raise ConfigError(
-                f"sync jobs merge into GeoParquet outputs only, not {inner.name}; write the sink as .parquet "
-                "or drop the job's sync block"
+                f"a sync job's {inner.name} sink keeps its merged data in a shadow file, and none was given; "
+                "run the job through ags-etl run (which keeps the shadow beside the state file)"
             )
         inner.overwrite = True
         self.inner = inner
         self.key = key
         self.previous = previous
         self.source_keys = source_keys
+        self.shadow = shadow
         self.merge = MergeStats()
         # The pipeline reads name and capabilities from the loader: show the wrapped sink's.
         self.name = inner.name  # type: ignore[misc]
@@ -437,17 +480,49 @@ class MergingLoader(Loader):
     @contextlib.contextmanager
     def open(self, schema: LayerSchema) -> Iterator[Writer]:
         key = self.key_for(schema)
-        with self.inner.open(schema) as writer:
+        if self.shadow is None:
+            with self.inner.open(schema) as writer:
+                merge = _MergeWriter(writer, key)
+                yield merge
+                self._merge_previous(merge, writer, schema)
+            return
+        from ags_etl.loaders.geoparquet import GeoParquetLoader
+
+        pending = pending_shadow(self.shadow)
+        try:
+            pending.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LoadError(
+                f"shadow folder {str(pending.parent)!r} of a sync job cannot be created ({exc.strerror}); set "
+                "state: in the pipeline file to a writable path"
+            ) from exc
+        with GeoParquetLoader(pending, overwrite=True).open(schema) as writer:
             merge = _MergeWriter(writer, key)
             yield merge
-            self.merge.changed = len(merge.keys)
-            if self.previous is not None and self.previous.exists():
-                present = None if self.source_keys is None else self.source_keys(key)
-                self.merge.previous = True
-                for batch in read_geoparquet(self.previous, schema):
-                    kept = self._keep(batch, key, merge.keys, present)
-                    if len(kept):
-                        writer.write(kept)
+            self._merge_previous(merge, writer, schema)
+        # The merged data is complete in ``pending``: render the output from it, then keep it.
+        with self.inner.open(schema) as output:
+            for batch in read_geoparquet(pending, schema):
+                output.write(batch)
+        merge.stats = output.stats  # the pipeline reports what reached the output
+        try:
+            os.replace(pending, self.shadow)
+        except OSError as exc:
+            raise LoadError(
+                f"the output {self.inner.target!r} was written, but its shadow {str(self.shadow)!r} could not be "
+                f"kept ({exc.strerror}); the state is unchanged, so the next run repairs both. Check the state folder"
+            ) from exc
+
+    def _merge_previous(self, merge: _MergeWriter, writer: Writer, schema: LayerSchema) -> None:
+        """Write the previous rows that stay (once the changes are written)."""
+        self.merge.changed = len(merge.keys)
+        if self.previous is not None and self.previous.exists():
+            present = None if self.source_keys is None else self.source_keys(merge.key)
+            self.merge.previous = True
+            for batch in read_geoparquet(self.previous, schema):
+                kept = self._keep(batch, merge.key, merge.keys, present)
+                if len(kept):
+                    writer.write(kept)
 
     def _keep(self, batch: FeatureBatch, key: str, changed: set[Any], present: set[Any] | None) -> FeatureBatch:
         keys = batch.column(key)
@@ -522,10 +597,12 @@ def remove_tree(path: Path) -> None:
 @dataclass
 class SyncOutcome:
     """What one sync run did, for the report and the state store: its plan, the largest
-    cursor read, the merge counts, the file sink's merging wrapper, warnings for the report."""
+    cursor read, the merge counts, the file sink's merging wrapper, the key a sink that is
+    not a file matches features by, warnings for the report."""
 
     plan: SyncPlan
     cursor: Cursor | None = None
     merge: MergeStats = field(default_factory=MergeStats)
     loader: MergingLoader | None = None
+    key: str | None = None
     warnings: list[str] = field(default_factory=list)

@@ -82,7 +82,7 @@ MISTAKES = [
      "      - {type: buffer, distance: 5}\n    sink: {type: geojson, path: OUT/a.geojson}\n",
      ":6: job 'a': transforms[0].type: unknown transformer 'buffer'; installed: clip, fields, reproject"),
     ("unknown-loader", "version: 1\njobs:\n  - name: a\n    source: {url: URL}\n    sink: {type: gpkg, path: OUT/a.gpkg}\n",
-     ":5: job 'a': sink.type: unknown loader 'gpkg'; installed: geojson, geojsonl, geoparquet, kmz, shapefile"),
+     ":5: job 'a': sink.type: unknown loader 'gpkg'; installed: feature_service, geojson, geojsonl, geoparquet, kmz, shapefile"),
     ("unknown-extractor", "version: 1\njobs:\n  - name: a\n    source: {type: wfs, url: URL}\n"
      "    sink: {type: geojson, path: OUT/a.geojson}\n",
      ":4: job 'a': source.type: unknown extractor 'wfs'; installed: arcgis"),

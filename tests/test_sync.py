@@ -116,7 +116,8 @@ def test_sync_block_validated_offline_with_key_paths() -> None:
     data = {"version": 1, "jobs": [
         {"name": "a", "source": {"url": URL}, "sink": {"type": "geoparquet", "path": "a.parquet"},
          "sync": {"cursor_field": "EditDate", "lag": "5 minutes", "initial_value": "soon"}},
-        {"name": "b", "source": {"url": URL}, "sink": {"type": "kmz", "path": "b.kmz"}, "sync": {"cursor_field": "EditDate"}},
+        {"name": "b", "source": {"url": URL}, "sink": {"type": "geojson", "path": "s3://bucket/b.geojson"},
+         "sync": {"cursor_field": "EditDate"}},
         {"name": "c", "source": {"url": URL, "fields": ["NAME"]}, "sink": {"type": "geoparquet", "path": "c.parquet"},
          "sync": {"cursor_field": "EditDate", "key": "GID"}},
         {"name": "d", "source": {"url": URL}, "sink": {"type": "geoparquet", "path": "d.parquet"}, "sync": {"lag": "5m"}},
@@ -125,7 +126,7 @@ def test_sync_block_validated_offline_with_key_paths() -> None:
         parse_pipeline(data)
     text = str(err.value)
     assert "job 'a': sync: lag '5 minutes' is not a duration" in text
-    assert "job 'b': sync: a sync job merges its changes into the previous output, which the kmz sink cannot" in text
+    assert "job 'b': sync: a sync job merges into a single local file; a URL or partitioned dataset sink" in text
     assert "job 'c': sync.cursor_field: 'EditDate' is not in source.fields" in text
     assert "job 'c': sync.key: 'GID' is not in source.fields" in text
     assert "job 'd': sync.cursor_field: required" in text

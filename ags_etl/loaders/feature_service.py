@@ -249,6 +249,132 @@ class FeatureServiceLoader(Loader):
     def target(self) -> str | None:
         return display_url(self.url)
 
+    # ------------------------------------------------------------------ sync jobs
+    #
+    # A sync job (see ags_etl.sync.DeletingSink) upserts the changed features by ``key``; mode
+    # mirror deletes unseen keys only after a full read, and ``sync.detect_deletes`` deletes
+    # the keys the source no longer has after every run.
+
+    #: This sink takes part in sync jobs.
+    supports_sync: ClassVar[bool] = True
+    #: True in an incremental sync run: the stream holds the changed features only, so mirror
+    #: deletes nothing at the end of it.
+    partial_stream: bool = False
+    #: Target key → OBJECTID, as :meth:`existing_keys` read it last.
+    _sync_index: dict[Hashable, int] | None = None
+
+    @classmethod
+    def sync_issues(cls, options: dict[str, Any], sync: Any) -> list[tuple[tuple[str | int, ...], str]]:
+        """Offline problems of a sync job writing here: ``options`` are the sink's keys,
+        ``sync`` the job's SyncSpec. Returns (key path relative to the job, message) pairs."""
+        mode, key = options.get("mode"), options.get("key")
+        issues: list[tuple[tuple[str | int, ...], str]] = []
+        if mode in ("append", "replace"):
+            effect = "add every changed feature again" if mode == "append" else "empty the target on every run"
+            issues.append((("sink", "mode"), (
+                f"a sync job upserts the changed features by key; mode {mode} would {effect}; use mode upsert "
+                "(with sync.detect_deletes for deletes) or mirror"
+            )))
+        if mode == "mirror" and not getattr(sync, "detect_deletes", False):
+            issues.append((("sync", "detect_deletes"), (
+                "with mode mirror a sync job deletes through sync.detect_deletes (an incremental run reads only the "
+                "changes, so absence from it says nothing); set detect_deletes: true, or use mode upsert"
+            )))
+        sync_key = getattr(sync, "key", None)
+        if sync_key is not None and key is not None and sync_key != key:
+            issues.append((("sync", "key"), (
+                f"sync.key {sync_key!r} differs from the sink's key {key!r}; both name the source field that "
+                "matches features: drop sync.key or give the same field"
+            )))
+        return issues
+
+    def prepare_sync(self, *, full: bool, key: str | None) -> str:
+        """Before a sync run: remember whether the stream is complete; return the key field.
+        Raises ConfigError for a mode other than upsert/mirror or a ``key`` unlike the sink's."""
+        if self.mode not in ("upsert", "mirror") or self.key is None:
+            raise ConfigError(
+                f"feature_service: a sync job needs mode upsert or mirror with a key, not mode {self.mode}; "
+                "set mode: upsert and key: <a source field that identifies a feature>"
+            )
+        if key is not None and key != self.key:
+            raise ConfigError(
+                f"feature_service: sync.key {key!r} differs from the sink's key {self.key!r}; drop sync.key or give "
+                "the same field"
+            )
+        self.partial_stream = not full
+        return self.key
+
+    def _sync_key_field(self, info: LayerInfo, key: str) -> str:
+        """The target field of the source field ``key`` (the sink's ``fields`` override, else by name)."""
+        wanted = self.fields.get(key, key)
+        if wanted is None:
+            raise ConfigError(f"feature_service: key {key!r} maps to no field of {display_url(self.url)} (fields: {key}: null)")
+        for f in info.schema.fields:
+            if f.name.lower() == wanted.lower():
+                return f.name
+        raise CapabilityError(
+            f"feature_service: key {key!r} has no field {wanted!r} in {display_url(self.url)}; map it under fields"
+        )
+
+    def existing_keys(self, key: str) -> set[Any]:
+        """Every key value the target holds (features with a null key are left out): one read of
+        the key field and OBJECTIDs, every page, with the completeness check."""
+        from ags_etl.extractors.feature_layer import FeatureLayerExtractor
+
+        index: dict[Hashable, int] = {}
+        with ArcGISClient(auth=self.auth, timeout=self.timeout, retries=self.retries) as reads:
+            info = parse_layer(self.url, reads.get(self.url))
+            name = self._sync_key_field(info, key)
+            if info.oid_field is None:
+                raise CapabilityError(f"feature_service: {display_url(self.url)} has no OBJECTID field; nothing can be deleted")
+            field = next(f for f in info.schema.fields if f.name == name)
+            with FeatureLayerExtractor(self.url, fields=[name], client=reads, concurrency=2) as ext:
+                for batch in ext:
+                    keys = plan.target_values(batch.column(name), field)
+                    for k, oid in zip(keys, batch.column(info.oid_field).to_pylist(), strict=True):
+                        if k is not None:
+                            index[k] = int(oid)
+        self._sync_index = index
+        return set(index)
+
+    def apply_deletes(self, key: str, keys: Sequence[Any]) -> int:
+        """Delete the target's features whose key is in ``keys`` (looked up as
+        :meth:`existing_keys` read them), in adaptive batches; a lost answer is resent, and a
+        delete that then fails because the feature is already gone counts as done. Returns
+        how many were deleted; raises EditError listing the features that could not be."""
+        if self._sync_index is None:
+            self.existing_keys(key)
+        assert self._sync_index is not None
+        pairs = [(k, self._sync_index[k]) for k in keys if k in self._sync_index]
+        if not pairs:
+            return 0
+        with (
+            ArcGISClient(auth=self.auth, timeout=self.timeout, retries=self.retries) as reads,
+            ArcGISClient(auth=self.auth, timeout=self.timeout, retries=0) as edits,
+        ):
+            writer = _EditWriter(self, LayerSchema(()), reads, edits)
+            oids = [o for _, o in pairs]
+            writer._dispatch("delete", [k for k, _ in pairs], [str(o).encode() for o in oids], oids=oids)
+            failures = writer.stats.failures
+            if failures and not self.dry_run:
+                # A resent delete whose first answer was lost fails with "missing": it is done.
+                by_key = dict(pairs)
+                answer = reads.post(self.url + "/query", {
+                    "objectIds": ",".join(str(by_key[f.key]) for f in failures), "returnIdsOnly": True,
+                })
+                still = {int(o) for o in (answer.get("objectIds") or [])}
+                done = [f for f in failures if by_key[f.key] not in still]
+                writer.stats.deleted += len(done)
+                failures = [f for f in failures if by_key[f.key] in still]
+        self._sync_index = None
+        if failures:
+            shown = "; ".join(str(f) for f in failures[:SHOWN_FAILURES])
+            raise EditError(
+                f"feature_service: {len(failures)} of {len(pairs)} deletes in {display_url(self.url)} failed "
+                f"({writer.stats.deleted} done): {shown}. Run again"
+            )
+        return writer.stats.deleted
+
     @contextlib.contextmanager
     def open(self, schema: LayerSchema) -> Iterator[_EditWriter]:
         """Read and check the target (no edit yet), yield the writer; leaving the block normally
@@ -518,7 +644,7 @@ class _EditWriter:
         """The end of a complete source: mirror deletes, summary, EditError if anything failed."""
         if self.loader.mode == "replace" and not self.cleared:
             self._clear()  # an empty source still replaces the target's content
-        if self.loader.mode == "mirror":
+        if self.loader.mode == "mirror" and not self.loader.partial_stream:  # a sync run's changes only: no deletes
             gone = [(k, oid) for k, (oid, _) in self.index.items() if k not in self.seen]
             gone += [(None, oid) for oid in self.keyless_oids]
             if gone:
