@@ -58,6 +58,7 @@ Validation (:func:`prepare_feature`, :func:`check_value`) is pure; the writes ar
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import re
 import sqlite3
@@ -67,6 +68,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import shapely
 
 from ags_etl.arcgis.esrijson import decode_geometry
@@ -265,13 +267,31 @@ def _geometry(store: LayerStore, value: Any) -> tuple[bytes | None, tuple[float,
     return wkb, (xmin, ymin, xmax, ymax)
 
 
-def prepare_feature(store: LayerStore, feature: Any, *, is_add: bool, use_global_ids: bool) -> Prepared:
-    """Validate one feature of an add or update against the layer; raises EditFailure.
+@dataclass(frozen=True)
+class _Schema:
+    """What validating a feature needs of a layer, looked up once per request."""
 
-    Field names match case-insensitively. An add gets null for the fields it leaves
-    out (refused for non-nullable ones); an update changes only the fields it sends,
-    and its geometry only when it sends one.
-    """
+    by_name: dict[str, Field]
+    #: Lower-case names of the editor-tracking fields (the server's, ignored when sent).
+    tracking: frozenset[str]
+    #: Attribute fields a client may write, in table order (an add sends null for those it leaves out).
+    writable: tuple[Field, ...]
+
+    @classmethod
+    def of(cls, store: LayerStore) -> _Schema:
+        system = store.edit_fields
+        assert system is not None
+        tracking = frozenset(n.lower() for n in system.names[1:])
+        writable = tuple(
+            f for f in store.fields[1:] if f.name.lower() not in tracking and f.name != system.global_id
+        )
+        return cls({f.name.strip().lower(): f for f in store.fields}, tracking, writable)
+
+
+def _prepare_attributes(
+    store: LayerStore, schema: _Schema, feature: Any, *, is_add: bool, use_global_ids: bool
+) -> Prepared:
+    """The attribute part of :func:`prepare_feature` (geometry left unset)."""
     if not isinstance(feature, dict):
         raise EditFailure(CODE_INVALID, f"expected a feature object {{attributes, geometry}}, got {_show(feature)}")
     attributes = feature.get("attributes") or {}
@@ -279,13 +299,11 @@ def prepare_feature(store: LayerStore, feature: Any, *, is_add: bool, use_global
         raise EditFailure(CODE_INVALID, f"'attributes' must be an object, got {_show(attributes)}")
     system = store.edit_fields
     assert system is not None
-    system_names = {n.lower() for n in system.names[1:]}
     out = Prepared(values={})
     for key, value in attributes.items():
-        fld = store.field_by_name(str(key))
+        fld = schema.by_name.get(str(key).strip().lower())
         if fld is None:
             raise EditFailure(CODE_INVALID, f"Field {key!r} does not exist in layer {store.name!r}")
-        low = fld.name.lower()
         if fld.name == store.oid_field:
             if not is_add and not use_global_ids:
                 if isinstance(value, bool) or not isinstance(value, int):
@@ -300,19 +318,121 @@ def prepare_feature(store: LayerStore, feature: Any, *, is_add: bool, use_global
                 else:
                     out.target = gid
             continue
-        if low in system_names:
+        if fld.name.lower() in schema.tracking:
             continue  # editor tracking is the server's
         out.values[fld.name] = check_value(fld, value)
     if is_add:
-        for fld in store.fields[1:]:
-            if fld.name not in out.values and fld.name.lower() not in system_names and fld.name != system.global_id:
+        for fld in schema.writable:
+            if fld.name not in out.values:
                 out.values[fld.name] = check_value(fld, None)
     elif out.target is None:
         key_name = system.global_id if use_global_ids else store.oid_field
         raise EditFailure(CODE_INVALID, f"an update needs the feature's {key_name} in its attributes")
+    return out
+
+
+def prepare_feature(store: LayerStore, feature: Any, *, is_add: bool, use_global_ids: bool) -> Prepared:
+    """Validate one feature of an add or update against the layer; raises EditFailure.
+
+    Field names match case-insensitively. An add gets null for the fields it leaves
+    out (refused for non-nullable ones); an update changes only the fields it sends,
+    and its geometry only when it sends one.
+    """
+    out = _prepare_attributes(store, _Schema.of(store), feature, is_add=is_add, use_global_ids=use_global_ids)
     if is_add or "geometry" in feature:
         out.wkb, out.bounds = _geometry(store, feature.get("geometry"))
         out.set_geometry = True
+    return out
+
+
+def prepare_features(
+    store: LayerStore, features: list[Any], *, is_add: bool, use_global_ids: bool
+) -> list[Prepared | EditFailure]:
+    """:func:`prepare_feature` for each feature of a request, in order: the Prepared, or the
+    EditFailure that feature raises. The same answers, but plain points (the bulk of large
+    loads) are decoded, checked, reprojected and encoded together (:func:`_point_geometries`)."""
+    schema = _Schema.of(store)
+    out: list[Prepared | EditFailure] = []
+    with_geometry: list[int] = []
+    for i, feature in enumerate(features):
+        try:
+            out.append(_prepare_attributes(store, schema, feature, is_add=is_add, use_global_ids=use_global_ids))
+        except EditFailure as failure:
+            out.append(failure)
+            continue
+        if is_add or "geometry" in feature:
+            with_geometry.append(i)
+    values = [features[i].get("geometry") for i in with_geometry]
+    decoded = _point_geometries(store, values)
+    for i, value, fast in zip(with_geometry, values, decoded, strict=True):
+        prepared = out[i]
+        assert isinstance(prepared, Prepared)
+        try:
+            prepared.wkb, prepared.bounds = fast if fast is not None else _geometry(store, value)
+        except EditFailure as failure:
+            out[i] = failure
+            continue
+        prepared.set_geometry = True
+    return out
+
+
+#: Python types of a coordinate the bulk point path takes (bool is not int here: ``type(True) is bool``).
+_PLAIN_NUMBERS = (int, float)
+
+
+def _point_geometries(
+    store: LayerStore, values: list[Any]
+) -> list[tuple[bytes, tuple[float, float, float, float]] | None]:
+    """(ISO WKB, envelope) of each plain point of a point layer, decoded in bulk; None for every
+    other value, which :func:`_geometry` then handles one by one (and names its problem).
+
+    A plain point is ``{"x": number, "y": number}`` (with a number ``z`` when the layer has Z),
+    with no spatialReference or one that parses; those in another spatial reference than the
+    layer's are reprojected together. A point whose coordinates are (or become) infinite or
+    NaN is left to the careful path too.
+    """
+    out: list[tuple[bytes, tuple[float, float, float, float]] | None] = [None] * len(values)
+    if store.geometry_type != "esriGeometryPoint" or not values:
+        return out
+    keys = ("x", "y", "z") if store.has_z else ("x", "y")
+    #: spatialReference JSON text → parsed (None: the layer's own, or the layer has none).
+    refs: dict[bytes, spatialref.SpatialRef | None] = {}
+    groups: dict[bytes, list[int]] = {}
+    for i, value in enumerate(values):
+        if type(value) is not dict or any(type(value.get(k)) not in _PLAIN_NUMBERS for k in keys):
+            continue
+        sr_value = value.get("spatialReference")
+        ref_key = b"" if sr_value is None or store.spatial_ref is None else orjson.dumps(sr_value)
+        if ref_key not in refs:
+            try:
+                parsed = None if ref_key == b"" else spatialref.parse(sr_value, "spatialReference")
+            except RestError:
+                parsed = None
+                ref_key = b"?"  # unknown: the careful path reports it
+            refs[ref_key] = parsed if parsed is None or store.spatial_ref is None or parsed.key != store.spatial_ref.key else None
+        if ref_key != b"?":
+            groups.setdefault(ref_key, []).append(i)
+    for ref_key, rows in groups.items():
+        try:
+            coords = np.array([[values[i][k] for k in keys] for i in rows], dtype=float)
+        except OverflowError:  # an int beyond the float range: the careful path names it
+            continue
+        geoms = shapely.points(coords)
+        source = refs[ref_key]
+        if source is not None:
+            assert store.spatial_ref is not None
+            try:
+                geoms = spatialref.transform_geometries(geoms, source, store.spatial_ref, include_z=store.has_z)
+            except RestError:
+                continue  # the careful path answers as it always did
+            coords = shapely.get_coordinates(geoms, include_z=store.has_z)
+        finite = np.isfinite(coords).all(axis=1)
+        wkb = shapely.to_wkb(geoms, output_dimension=3 if store.has_z else 2, flavor="iso").tolist()
+        xy = coords[:, :2].tolist()
+        for j, i in enumerate(rows):
+            if finite[j]:
+                x, y = xy[j]
+                out[i] = (wkb[j], (x, y, x, y))
     return out
 
 
@@ -424,19 +544,6 @@ def _result(oid: int | None, gid: str | None, failure: EditFailure | None = None
     }
 
 
-def _find(conn: sqlite3.Connection, store: LayerStore, target: int | str, by_gid: bool) -> tuple[int, str] | None:
-    assert store.edit_fields is not None
-    gid_col = quote(store.edit_fields.global_id)
-    key = gid_col if by_gid else quote(store.oid_field)
-    if by_gid:
-        try:
-            target = _global_id(target)
-        except EditFailure:
-            return None
-    row = conn.execute(f"SELECT {quote(store.oid_field)}, {gid_col} FROM {TABLE} WHERE {key} = ?", (target,)).fetchone()
-    return None if row is None else (int(row[0]), str(row[1]))
-
-
 def _missing(store: LayerStore, target: Any, by_gid: bool) -> EditFailure:
     what = "GlobalID" if by_gid else store.oid_field
     return EditFailure(CODE_MISSING, f"Object is missing: layer {store.name!r} has no feature with {what} {target}")
@@ -466,6 +573,109 @@ def _where_ids(store: LayerStore, expression: str, options: ServerOptions) -> li
     return [int(r[0]) for r in rows]
 
 
+#: Bind values per look-up statement (SQLite builds before 3.32 allow 999 in all).
+_LOOKUP_CHUNK = 500
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _lookup_key(target: Any, by_gid: bool) -> int | str | None:
+    """The value a target is stored under (GlobalIDs normalised); None when none can match."""
+    if by_gid:
+        try:
+            return _global_id(target)
+        except EditFailure:
+            return None
+    if isinstance(target, bool) or not isinstance(target, int) or not _INT64[0] <= target <= _INT64[1]:
+        return None
+    return target
+
+
+def _lookup(
+    conn: sqlite3.Connection, store: LayerStore, keys: list[int | str | None], by_gid: bool
+) -> dict[int | str, tuple[int, str]]:
+    """(OID, GlobalID) of the features stored under ``keys`` (OIDs, or normalised GlobalIDs),
+    by key; absent keys are missing from the answer. One indexed statement per chunk."""
+    assert store.edit_fields is not None
+    oid_col, gid_col = quote(store.oid_field), quote(store.edit_fields.global_id)
+    key_col = gid_col if by_gid else oid_col
+    wanted = list(dict.fromkeys(k for k in keys if k is not None))
+    found: dict[int | str, tuple[int, str]] = {}
+    for a in range(0, len(wanted), _LOOKUP_CHUNK):
+        chunk = wanted[a : a + _LOOKUP_CHUNK]
+        sql = f"SELECT {oid_col}, {gid_col} FROM {TABLE} WHERE {key_col} IN ({', '.join('?' * len(chunk))})"
+        for oid, gid in conn.execute(sql, chunk):
+            found[str(gid) if by_gid else int(oid)] = (int(oid), str(gid))
+    return found
+
+
+def _next_oid(conn: sqlite3.Connection, store: LayerStore) -> int:
+    """The OID AUTOINCREMENT would give the next row: one past the largest ever used."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (TABLE,)).fetchone()
+    (top,) = conn.execute(f"SELECT max({quote(store.oid_field)}) FROM {TABLE}").fetchone()
+    return max(0 if row is None or row[0] is None else int(row[0]), 0 if top is None else int(top)) + 1
+
+
+def _insert_adds(
+    conn: sqlite3.Connection, store: LayerStore, adds: list[Prepared], *, user: str, now_ms: int
+) -> list[tuple[int | None, str, EditFailure | None]]:
+    """Insert validated adds in order; (OID, GlobalID, None) for each one stored, (None,
+    GlobalID, EditFailure) for each one refused.
+
+    One ``executemany`` with the OIDs AUTOINCREMENT would hand out (consecutive, above any
+    ever used). Should a GlobalID be taken (the unique index refuses it), the statement is
+    undone to its savepoint and the adds go in one by one, so each one's fate is known.
+    """
+    system = store.edit_fields
+    assert system is not None
+    if not adds:
+        return []
+    schema = _Schema.of(store)
+    names = [store.oid_field, *(f.name for f in schema.writable), *system.names, WKB, XMIN, YMIN, XMAX, YMAX]
+    sql = f"INSERT INTO {TABLE} ({', '.join(quote(n) for n in names)}) VALUES ({', '.join('?' * len(names))})"
+    gids = [p.global_id if p.global_id is not None else new_global_id() for p in adds]
+    first = _next_oid(conn, store)
+    none_box = (None, None, None, None)
+    rows = [
+        (
+            first + k,
+            *[p.values[f.name] for f in schema.writable],
+            gid, now_ms, user, now_ms, user,
+            p.wkb,
+            *(p.bounds if p.bounds is not None else none_box),
+        )
+        for k, (p, gid) in enumerate(zip(adds, gids, strict=True))
+    ]  # fmt: skip
+    conn.execute("SAVEPOINT adds")
+    try:
+        conn.executemany(sql, rows)
+    except sqlite3.IntegrityError:
+        conn.execute("ROLLBACK TO adds")
+        conn.execute("RELEASE adds")
+        return [_insert_one(conn, store, p, gid, user=user, now_ms=now_ms) for p, gid in zip(adds, gids, strict=True)]
+    conn.execute("RELEASE adds")
+    return [(first + k, gid, None) for k, gid in enumerate(gids)]
+
+
+def _insert_one(
+    conn: sqlite3.Connection, store: LayerStore, prepared: Prepared, gid: str, *, user: str, now_ms: int
+) -> tuple[int | None, str, EditFailure | None]:
+    """Insert one add (OID by AUTOINCREMENT); EditFailure(1000) when its GlobalID is taken."""
+    system = store.edit_fields
+    assert system is not None
+    values = dict(prepared.values)
+    values.update({system.global_id: gid, system.creation_date: now_ms, system.creator: user})
+    values.update({system.edit_date: now_ms, system.editor: user})
+    values.update(_geometry_columns(prepared))
+    names = ", ".join(quote(n) for n in values)
+    try:
+        cursor = conn.execute(
+            f"INSERT INTO {TABLE} ({names}) VALUES ({', '.join('?' * len(values))})", list(values.values())
+        )
+    except sqlite3.IntegrityError as exc:
+        return None, gid, EditFailure(CODE_INVALID, f"GlobalID {gid} is taken by another feature ({exc})")
+    return cursor.lastrowid, gid, None
+
+
 def apply(
     conn: sqlite3.Connection,
     edits: LayerEdits,
@@ -480,6 +690,10 @@ def apply(
 
     Raises _RollBack at the first failure when ``rollback``; otherwise failures are
     reported in the results and the other edits applied.
+
+    The work is proportional to the edits of the request, not to the layer: features
+    are validated in bulk, objects looked up by key in chunks, and each kind of edit
+    written with ``executemany`` (updates: one per run of updates setting the same columns).
     """
     store = edits.store
     system = store.edit_fields
@@ -491,54 +705,55 @@ def apply(
             raise _RollBack(f"{kind}[{index}] of layer {edits.layer_id}", failure)
         return _result(oid, gid, failure)
 
-    for i, feature in enumerate(edits.adds):
-        try:
-            prepared = prepare_feature(store, feature, is_add=True, use_global_ids=use_global_ids)
-        except EditFailure as failure:
-            out.add_results.append(fail("adds", i, failure, None, None))
+    # adds
+    prepared_adds = prepare_features(store, edits.adds, is_add=True, use_global_ids=use_global_ids)
+    good = [p for p in prepared_adds if isinstance(p, Prepared)]
+    inserted = iter(_insert_adds(conn, store, good, user=user, now_ms=now_ms))
+    for i, prepared in enumerate(prepared_adds):
+        if isinstance(prepared, EditFailure):
+            out.add_results.append(fail("adds", i, prepared, None, None))
             continue
-        gid = prepared.global_id if prepared.global_id is not None else new_global_id()
-        values = dict(prepared.values)
-        values.update({system.global_id: gid, system.creation_date: now_ms, system.creator: user})
-        values.update({system.edit_date: now_ms, system.editor: user})
-        values.update(_geometry_columns(prepared))
-        names = ", ".join(quote(n) for n in values)
-        try:
-            cursor = conn.execute(
-                f"INSERT INTO {TABLE} ({names}) VALUES ({', '.join('?' * len(values))})", list(values.values())
-            )
-        except sqlite3.IntegrityError as exc:
-            taken = EditFailure(CODE_INVALID, f"GlobalID {gid} is taken by another feature ({exc})")
+        oid, gid, taken = next(inserted)
+        if taken is not None:
             out.add_results.append(fail("adds", i, taken, None, gid))
             continue
-        oid = cursor.lastrowid
         out.added += 1
         if prepared.bounds is not None:
             out.boxes.append(prepared.bounds)
         out.add_results.append(_result(oid, gid))
 
-    for i, feature in enumerate(edits.updates):
-        try:
-            prepared = prepare_feature(store, feature, is_add=False, use_global_ids=use_global_ids)
+    # updates (after the adds: an update may name a feature added by this request)
+    prepared_updates = prepare_features(store, edits.updates, is_add=False, use_global_ids=use_global_ids)
+    keys = [_lookup_key(p.target, use_global_ids) if isinstance(p, Prepared) else None for p in prepared_updates]
+    found = _lookup(conn, store, keys, use_global_ids)
+    writes: list[tuple[tuple[str, ...], list[Any]]] = []
+    for i, (prepared, key) in enumerate(zip(prepared_updates, keys, strict=True)):
+        hit = found.get(key) if key is not None else None
+        if isinstance(prepared, Prepared) and hit is None:
             assert prepared.target is not None
-            found = _find(conn, store, prepared.target, use_global_ids)
-            if found is None:
-                raise _missing(store, prepared.target, use_global_ids)
-        except EditFailure as failure:
+            prepared = _missing(store, prepared.target, use_global_ids)
+        if isinstance(prepared, EditFailure):
+            feature = edits.updates[i]
             target = feature.get("attributes", {}) if isinstance(feature, dict) else {}
             known = prepared_target(store, target, use_global_ids)
-            out.update_results.append(fail("updates", i, failure, *known))
+            out.update_results.append(fail("updates", i, prepared, *known))
             continue
-        oid, gid = found
+        assert hit is not None
+        oid, gid = hit
         values = dict(prepared.values)
         values.update({system.edit_date: now_ms, system.editor: user})
         values.update(_geometry_columns(prepared))
-        assignments = ", ".join(f"{quote(n)} = ?" for n in values)
-        conn.execute(f"UPDATE {TABLE} SET {assignments} WHERE {quote(store.oid_field)} = ?", [*values.values(), oid])
+        writes.append((tuple(values), [*values.values(), oid]))
         if prepared.bounds is not None:
             out.boxes.append(prepared.bounds)
         out.update_results.append(_result(oid, gid))
+    for names, group in itertools.groupby(writes, key=lambda w: w[0]):
+        assignments = ", ".join(f"{quote(n)} = ?" for n in names)
+        conn.executemany(
+            f"UPDATE {TABLE} SET {assignments} WHERE {quote(store.oid_field)} = ?", [params for _, params in group]
+        )
 
+    # deletes
     targets: list[Any] = list(edits.deletes)
     by_gid = use_global_ids
     if edits.delete_where is not None:
@@ -546,17 +761,22 @@ def apply(
         wanted = set(targets)
         targets = [t for t in matching if t in wanted] if wanted else matching
         by_gid = False
-    for i, target in enumerate(targets):
-        found = _find(conn, store, target, by_gid)
-        if found is None:
-            gone = _missing(store, target, by_gid)
-            oid_or_none = target if not by_gid else None
-            out.delete_results.append(fail("deletes", i, gone, oid_or_none, target if by_gid else None))
+    keys = [_lookup_key(t, by_gid) for t in targets]
+    found = _lookup(conn, store, keys, by_gid)
+    gone: list[int] = []
+    gone_set: set[int] = set()
+    for i, (target, key) in enumerate(zip(targets, keys, strict=True)):
+        hit = found.get(key) if key is not None else None
+        if hit is None or hit[0] in gone_set:  # a second delete of one feature finds it missing
+            missing = _missing(store, target, by_gid)
+            out.delete_results.append(fail("deletes", i, missing, target if not by_gid else None, target if by_gid else None))
             continue
-        oid, gid = found
-        conn.execute(f"DELETE FROM {TABLE} WHERE {quote(store.oid_field)} = ?", (oid,))
-        out.deleted += 1
+        oid, gid = hit
+        gone.append(oid)
+        gone_set.add(oid)
         out.delete_results.append(_result(oid, gid))
+    conn.executemany(f"DELETE FROM {TABLE} WHERE {quote(store.oid_field)} = ?", [(oid,) for oid in gone])
+    out.deleted += len(gone)
     return out
 
 
