@@ -43,6 +43,9 @@ _MASK_MIN = 4
 #: The keys ``defaults`` may set: every job key but ``name``.
 _DEFAULT_KEYS = ("source", "transforms", "sink", "sync")
 
+#: Top-level keys that are also job keys (where page tasks run): copied into jobs without them.
+_CLUSTER_KEYS = ("executor", "scheduler", "max_requests_per_host")
+
 
 @dataclass
 class _Interpolation:
@@ -212,6 +215,9 @@ def _validate(data: Any, source: str, root: yaml.Node | None, env: Mapping[str, 
         merged = dict(filled)
         if defaults and isinstance(filled.get("jobs"), list):
             merged["jobs"] = [_merge(defaults, j) if isinstance(j, dict) else j for j in filled["jobs"]]
+        cluster = {k: filled[k] for k in _CLUSTER_KEYS if k in filled}  # top level: every job's unless it sets its own
+        if cluster and isinstance(merged.get("jobs"), list):
+            merged["jobs"] = [{**cluster, **j} if isinstance(j, dict) else j for j in merged["jobs"]]
         later = _check(merged)
         if not problems and not later:
             return PipelineSpec.model_validate(merged)

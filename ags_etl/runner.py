@@ -51,6 +51,7 @@ from ags_etl.build import (
     dry_run_job,
     network_options,
 )
+from ags_etl.cluster import Clusters, resolve_settings
 from ags_etl.errors import AgsEtlError, ConfigError, JobLockedError
 from ags_etl.extractors.feature_layer import ExtractStats
 from ags_etl.loaders.base import FileLoader, stale_temp_outputs
@@ -114,8 +115,14 @@ class PipelineRun:
         progress: ProgressFactory | None = None,
         full_refresh: bool = False,
         dry_run: bool = False,
+        executor: str | None = None,
+        scheduler: str | None = None,
     ) -> None:
         self.jobs = select_jobs(spec, job)
+        # Where page tasks run: --executor/--scheduler, then the job's keys, then the file's (ags_etl.cluster).
+        self.cluster_options = (executor, scheduler, None)
+        self.pipeline_cluster = (spec.executor, spec.scheduler, spec.max_requests_per_host)
+        self.clusters = Clusters()
         self.dry_run = dry_run  # feature_service sinks print their edits and send none
         self.full_refresh = full_refresh
         self.state = StateStore(state_path(spec.path, spec.state))
@@ -139,7 +146,22 @@ class PipelineRun:
             raise
         finally:
             self.report.seconds = time.monotonic() - start
+            self.clusters.close()  # a local cluster started for this run stops with it
         return self.report
+
+    def _run_pipeline(self, layer_job: JobSpec, pipeline: Pipeline) -> RunResult:
+        """Run one layer job here (threads) or with its pages on a Dask cluster."""
+        settings = resolve_settings(
+            self.cluster_options,
+            (layer_job.executor, layer_job.scheduler, layer_job.max_requests_per_host),
+            self.pipeline_cluster,
+        )
+        if settings.executor == "threads":
+            return pipeline.run()
+        from ags_etl.extractors.dask_executor import run_on_cluster
+
+        client = self.clusters.client(settings.scheduler)
+        return run_on_cluster(pipeline, layer_job, client, limit=settings.max_requests_per_host)
 
     def _interrupted(self, exc: BaseException, current: JobSpec, not_started: list[JobSpec]) -> None:
         self.report.interrupted = True
@@ -170,7 +192,7 @@ class PipelineRun:
             pipeline = build_pipeline(dry_run_job(layer_job) if self.dry_run else layer_job, progress=bar)
             if layer_job.sync is not None:
                 sync = self._prepare_sync(layer_job, pipeline)
-            result = pipeline.run()
+            result = self._run_pipeline(layer_job, pipeline)
             if sync is not None:
                 self._commit_sync(layer_job, job_name, pipeline, result, sync)
         except BaseException as exc:  # one job's failure, whatever its kind, must not stop the others
@@ -345,6 +367,8 @@ def run_pipeline(
     progress: ProgressFactory | None = None,
     full_refresh: bool = False,
     dry_run: bool = False,
+    executor: str | None = None,
+    scheduler: str | None = None,
 ) -> RunReport:
     """Run the jobs of ``spec`` (or only ``job``) in file order; return the :class:`RunReport`.
 
@@ -353,5 +377,6 @@ def run_pipeline(
     of a job is recorded in the report instead (``report.exit_code`` is then 1).
     """
     return PipelineRun(
-        spec, job=job, fail_fast=fail_fast, progress=progress, full_refresh=full_refresh, dry_run=dry_run
+        spec, job=job, fail_fast=fail_fast, progress=progress, full_refresh=full_refresh, dry_run=dry_run,
+        executor=executor, scheduler=scheduler,
     ).run()

@@ -219,16 +219,24 @@ class JobSpec(_Strict):
     #: Keep completed pages in ``.<target name>.resume/`` beside the sink's file and reuse them
     #: when the same job is run again after a kill (see ags_etl.extractors.staging).
     resume: bool = False
+    #: Where page tasks run (see ags_etl.cluster): None takes the pipeline's, then ``threads``.
+    executor: Literal["threads", "dask"] | None = None
+    scheduler: str | None = None
+    max_requests_per_host: PositiveInt | None = None
 
 
 class PipelineSpec(_Strict):
     """A whole pipeline file. ``defaults`` were already merged into each job; ``path`` is the
-    file it came from (None when built from Python)."""
+    file it came from (None when built from Python). ``executor``, ``scheduler`` and
+    ``max_requests_per_host`` apply to every job that does not set its own."""
 
     version: Literal[1]
     jobs: list[JobSpec] = Field(min_length=1)
     defaults: dict[str, Any] | None = None
     state: str | None = None
+    executor: Literal["threads", "dask"] | None = None
+    scheduler: str | None = None
+    max_requests_per_host: PositiveInt | None = None
     _path: Path | None = PrivateAttr(default=None)
 
     @property
@@ -540,6 +548,12 @@ def check_job(job: JobSpec) -> list[Issue]:
         issues += _fit_issues(job, built, loader_cls)
     if job.resume:
         issues += _resume_issues(job)
+    if job.executor == "dask":
+        from ags_etl.extractors.dask_executor import sink_problem
+
+        problem = sink_problem(job)
+        if problem is not None:
+            issues.append(Issue(("executor",), problem))
     return issues
 
 

@@ -92,9 +92,32 @@ class FeatureServerApp:
         )
         self.faults = FaultInjector(options.latency_ms, options.fail_rate, options.seed)
         self.edit_faults = EditAnswerFaults(options.drop_edit_answers, options.edit_answer_delay)
+        #: Requests being answered now, the most at once, and all answered: GET /ags-etl/stats.
+        self._in_flight = 0
+        self._max_in_flight = 0
+        self._requests = 0
+        self._stats_lock = threading.Lock()
+
+    def stats(self) -> dict[str, int]:
+        """``requests`` answered or in progress, ``in_flight`` now, ``max_in_flight`` at any moment."""
+        with self._stats_lock:
+            return {"requests": self._requests, "in_flight": self._in_flight, "max_in_flight": self._max_in_flight}
 
     def handle(self, method: str, path: str, params: Params, auth_header: str | None, base_url: str) -> Response:
         """Answer one request. Never raises for a client error: those become error bodies."""
+        if path.rstrip("/") == "/ags-etl/stats":  # the test server's own counters, not part of the REST API
+            return Response(200, json_bytes(self.stats()), query.JSON_TYPE)
+        with self._stats_lock:
+            self._requests += 1
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        try:
+            return self._handle(method, path, params, auth_header, base_url)
+        finally:
+            with self._stats_lock:
+                self._in_flight -= 1
+
+    def _handle(self, method: str, path: str, params: Params, auth_header: str | None, base_url: str) -> Response:
         self.faults.delay()
         fmt_pretty = params.text("f", "json").strip().lower() == "pjson"
         try:
