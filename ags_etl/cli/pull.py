@@ -126,6 +126,18 @@ def _check(job: JobSpec) -> None:
     raise ConfigError("; ".join(parts))
 
 
+def _run(job: JobSpec, bar: Any) -> Any:
+    """Run the job here, or with its pages on a Dask cluster (ags_etl.cluster)."""
+    pipeline = build_pipeline(job, progress=bar)
+    if job.executor != "dask":
+        return pipeline.run()
+    from ags_etl.cluster import Clusters
+    from ags_etl.extractors.dask_executor import run_on_cluster
+
+    with Clusters() as clusters:
+        return run_on_cluster(pipeline, job, clusters.client(job.scheduler))
+
+
 @click.command("pull")
 @click.argument("url")
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="Output file.")
@@ -168,6 +180,14 @@ def _check(job: JobSpec) -> None:
     help="Keep completed pages in .NAME.resume/ beside the output and reuse them after a stopped run.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@click.option(
+    "--executor", type=click.Choice(["threads", "dask"]), default="threads", show_default=True,
+    help="Where page requests run: this process's threads, or a Dask cluster (needs -o DIR/ , a GeoParquet dataset).",
+)
+@click.option(
+    "--scheduler", metavar="ADDRESS",
+    help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: DASK_SCHEDULER_ADDRESS, else a local cluster).",
+)
 @auth_options
 @handle_errors
 def pull_cmd(
@@ -198,6 +218,8 @@ def pull_cmd(
     overwrite: bool,
     resume: bool,
     quiet: bool,
+    executor: str,
+    scheduler: str | None,
     token: str | None,
     api_key: str | None,
     username: str | None,
@@ -211,13 +233,15 @@ def pull_cmd(
     """
     # Everything below is checked before the first request.
     path = Path(output)
-    loader_name = loader_name_for_path(path, fmt)
+    dataset = output.endswith("/")  # a partitioned GeoParquet dataset folder
+    loader_name = loader_name_for_path(path, fmt) if not dataset or fmt is not None else "geoparquet"
     sink_options: dict[str, Any] = {}
     if name_field is not None:
         if loader_name != "kmz":
             raise ConfigError(f"--name-field applies to KMZ output only, not {loader_name}; drop it")
         sink_options["name_field"] = name_field
-    check_target(path, overwrite)
+    if not dataset:
+        check_target(path, overwrite)
     _warn_stale_temps(path)
     job = JobSpec(
         name="pull",
@@ -239,14 +263,16 @@ def pull_cmd(
         transforms=_transforms(
             rename, drop, cast, decode_domains, clip, clip_file, clip_crs, t_srs, server_side_reproject
         ),
-        sink=SinkSpec(type=loader_name, path=str(path), overwrite=overwrite, **sink_options),
+        sink=SinkSpec(type=loader_name, path=output if dataset else str(path), overwrite=overwrite, **sink_options),
         resume=resume,
+        executor=executor,
+        scheduler=scheduler,
     )
     _check(job)
     with make_progress(quiet, brief=True) as progress:
         bar = progress.job(path.name)
         try:
-            result = build_pipeline(job, progress=bar).run()
+            result = _run(job, bar)
         except BaseException:
             bar.finish(ok=False)
             raise

@@ -35,6 +35,16 @@ from ags_etl.runner import PipelineRun
     is_flag=True,
     help="feature_service sinks: print the adds, updates and deletes each job would send, and send nothing.",
 )
+@click.option(
+    "--executor", type=click.Choice(["threads", "dask"]),
+    help="Where page requests run, for every job: threads (this process) or dask (a cluster); "
+    "default: each job's executor key, else threads.",
+)
+@click.option(
+    "--scheduler", metavar="ADDRESS",
+    help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: the file's scheduler key, DASK_SCHEDULER_ADDRESS, "
+    "else a local cluster for the run).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (no progress, no summary).")
 @click.option(
     "--report",
@@ -49,6 +59,8 @@ def run_cmd(
     fail_fast: bool,
     full_refresh: bool,
     dry_run: bool,
+    executor: str | None,
+    scheduler: str | None,
     quiet: bool,
     report_path: Path | None,
 ) -> None:
@@ -70,7 +82,8 @@ def run_cmd(
         return
     with make_progress(quiet) as progress:
         run = PipelineRun(  # unknown --job: exit 2
-            spec, job=job_name, fail_fast=fail_fast, progress=progress, full_refresh=full_refresh, dry_run=dry_run
+            spec, job=job_name, fail_fast=fail_fast, progress=progress, full_refresh=full_refresh, dry_run=dry_run,
+            executor=executor, scheduler=scheduler,
         )
         try:
             report = run.run()
