@@ -150,7 +150,8 @@ def drive(
 
     With ``staging`` (a resumed run), a task whose page is staged is not submitted: its
     staged result takes its place in the window, and is recorded, counted and
-    de-duplicated like a fetched one; a fetched page the planner keeps is staged.
+    de-duplicated like a fetched one; every fetched page the planner accepted (did
+    not raise on) is staged, failed requests are not.
     """
     seen = SeenIds()
     window: deque[tuple[Future[PageResult], bool]] = deque()
@@ -184,7 +185,9 @@ def drive(
                     f"up (a count too high, or pages shorter than they say). Retry; if it repeats, try another "
                     f"--strategy, and report the server version ({version})"
                 )
-            if keep and staging is not None and not from_staging:
+            if staging is not None and not from_staging and result.failure is None:
+                # Pages the planner splits or spot-checks are staged too: replayed, they
+                # lead the planner to the same follow-ups without asking again.
                 staging.save(result)
             if not keep or result.rows == 0:
                 continue

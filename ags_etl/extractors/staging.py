@@ -20,7 +20,7 @@ Contracts:
 * :meth:`StagingStore.begin` discards every chunk, with one message naming what
   changed, when the manifest differs from the one of this run (or is missing);
 * the store knows nothing of planners or servers; the driver consults it before
-  submitting a task and fills it after the planner kept a page
+  submitting a task and fills it after the planner accepted a page
   (:func:`ags_etl.extractors.driver.drive`), the extractor removes it after success.
 """
 
@@ -129,16 +129,16 @@ def manifest_for(
     }
 
 
-#: manifest key → how a difference is named in the discard message.
+#: manifest key → how a difference is named in the discard message ({old} and {new} are filled).
 _CHANGES: tuple[tuple[str, str], ...] = (
     ("version", "the staging format changed"),
     ("layer", "the layer URL differs"),
     ("query", "the query differs (where, fields, output CRS, spatial filter, response format or page size)"),
-    ("count", "the layer changed: its count"),
-    ("max_oid", "the layer changed: its highest OID"),
-    ("last_edit_date", "the layer changed: its last edit date"),
-    ("strategy", "the paging strategy differs"),
-    ("tasks", "the paging plan differs"),
+    ("count", "the layer changed: its count went from {old} to {new}"),
+    ("max_oid", "the layer changed: its highest OID went from {old} to {new}"),
+    ("last_edit_date", "the layer changed: its last edit date went from {old} to {new}"),
+    ("strategy", "the paging strategy went from {old} to {new}"),
+    ("tasks", "the paging plan differs (page size or the layer's ids or extent)"),
 )
 
 
@@ -146,9 +146,7 @@ def manifest_change(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     """What differs between two manifests, in words (the first difference), or None."""
     for key, words in _CHANGES:
         if old.get(key) != new.get(key):
-            if key in ("count", "max_oid", "last_edit_date", "strategy"):
-                return f"{words} went from {old.get(key)} to {new.get(key)}"
-            return words
+            return words.format(old=old.get(key), new=new.get(key))
     return None
 
 
@@ -182,7 +180,7 @@ class StagingStore:
     """The staging folder of one target: manifest plus one chunk per completed task.
 
     Use: :meth:`begin` once the plan is known (keeps or discards what is there),
-    :meth:`load` before submitting a task, :meth:`save` once the planner kept a page,
+    :meth:`load` before submitting a task, :meth:`save` once the planner accepted a page,
     :meth:`remove` after the output was committed.
     """
 
@@ -279,7 +277,7 @@ class StagingStore:
         )
 
     def save(self, result: PageResult) -> None:
-        """Stage one kept page (atomically: temp name, fsync, rename)."""
+        """Stage one page the planner accepted (atomically: temp name, fsync, rename)."""
         batch = result.batch
         table = batch.attributes
         meta = {
