@@ -565,7 +565,7 @@ def _resume_issues(job: JobSpec) -> list[Issue]:
         return [Issue(("resume",), f"resume works with arcgis sources only, not {job.source.type}; drop resume")]
     if job.sink.path is None or is_url(job.sink.path):
         return [Issue(("resume",), (
-            f"resume keeps completed pages beside a local output file, and sink path {job.sink.path!r} is none; "
+            f"resume keeps completed pages beside a local output file, and sink path {job.sink.path!r} is not one; "
             "write to a local path or drop resume"
         ))]
     return []
