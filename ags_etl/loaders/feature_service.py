@@ -64,6 +64,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -114,6 +115,8 @@ _NEEDS: dict[str, tuple[str, ...]] = {
 }
 #: Requests in a row that may fail or lose their answer before the run gives up.
 MAX_STRIKES = 6
+#: applyEdits requests in flight at once by default (adds and updates with a key; see _EditWriter._may_overlap).
+EDITS_IN_FLIGHT = 3
 #: Keys asked per re-read query after a lost answer.
 KEYS_PER_QUERY = 100
 #: Failures listed in the EditError message (all are in ``stats.failures``).
@@ -196,6 +199,7 @@ class FeatureServiceLoader(Loader):
         retries: int = 5,
         overwrite: bool = False,
         echo: Callable[[str], None] | None = None,
+        concurrency: int = EDITS_IN_FLIGHT,
     ) -> None:
         super().__init__(overwrite=overwrite)
         from ags_etl.extractors.feature_layer import validate_url
@@ -211,6 +215,8 @@ class FeatureServiceLoader(Loader):
             raise ConfigError(f"feature_service mode {mode!r} is not one of {', '.join(_NEEDS)}")
         if mode in ("upsert", "mirror") and key is None:
             raise ConfigError(f"feature_service mode {mode} needs key: the source field that identifies a feature")
+        if concurrency < 1:
+            raise ConfigError(f"feature_service concurrency must be 1 or more, got {concurrency}")
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"feature_service batch_size must be 1 or more, got {batch_size}")
         self.mode: Mode = mode
@@ -223,6 +229,7 @@ class FeatureServiceLoader(Loader):
         self.timeout = timeout
         self.retries = retries
         self.echo = echo if echo is not None else _print
+        self.concurrency = concurrency
 
     @classmethod
     def from_options(cls, opts: Options, *args: Any, overwrite: bool = False) -> FeatureServiceLoader:
@@ -260,8 +267,9 @@ class FeatureServiceLoader(Loader):
     #: True in an incremental sync run: the stream holds the changed features only, so mirror
     #: deletes nothing at the end of it.
     partial_stream: bool = False
-    #: Target key → OBJECTID, as :meth:`existing_keys` read it last.
+    #: Target key → OBJECTID, as :meth:`existing_keys` read it last, and the key's target field.
     _sync_index: dict[Hashable, int] | None = None
+    _sync_key_target: str | None = None
 
     @classmethod
     def sync_issues(cls, options: dict[str, Any], sync: Any) -> list[tuple[tuple[str | int, ...], str]]:
@@ -334,7 +342,7 @@ class FeatureServiceLoader(Loader):
                     for k, oid in zip(keys, batch.column(info.oid_field).to_pylist(), strict=True):
                         if k is not None:
                             index[k] = int(oid)
-        self._sync_index = index
+        self._sync_index, self._sync_key_target = index, name
         return set(index)
 
     def apply_deletes(self, key: str, keys: Sequence[Any]) -> int:
@@ -344,7 +352,7 @@ class FeatureServiceLoader(Loader):
         how many were deleted; raises EditError listing the features that could not be."""
         if self._sync_index is None:
             self.existing_keys(key)
-        assert self._sync_index is not None
+        assert self._sync_index is not None and self._sync_key_target is not None
         pairs = [(k, self._sync_index[k]) for k in keys if k in self._sync_index]
         if not pairs:
             return 0
@@ -353,6 +361,7 @@ class FeatureServiceLoader(Loader):
             ArcGISClient(auth=self.auth, timeout=self.timeout, retries=0) as edits,
         ):
             writer = _EditWriter(self, LayerSchema(()), reads, edits)
+            writer.fmap = plan.FieldMap((), key_source=key, key_target=self._sync_key_target)  # deletes send no attribute
             oids = [o for _, o in pairs]
             writer._dispatch("delete", [k for k, _ in pairs], [str(o).encode() for o in oids], oids=oids)
             failures = writer.stats.failures
@@ -384,9 +393,12 @@ class FeatureServiceLoader(Loader):
             ArcGISClient(auth=self.auth, timeout=self.timeout, retries=0) as edits,
         ):
             writer = _EditWriter(self, schema, reads, edits)
-            writer.prepare()
-            yield writer
-            writer.commit()
+            try:
+                writer.prepare()
+                yield writer
+                writer.commit()
+            finally:
+                writer.close()
 
 
 def _print(line: str) -> None:
@@ -418,6 +430,11 @@ class _EditWriter:
         self.expected_count: int | None = None
         self.sizer = plan.BatchSizer.start(1000)
         self.rows_seen = 0
+        #: Requests sent and not yet answered (oldest first), when edits overlap (:meth:`_may_overlap`).
+        self.in_flight: deque[tuple[str, list[Any], list[bytes], Future[dict[str, Any]]]] = deque()
+        self.pool: ThreadPoolExecutor | None = None
+        #: False once a request failed or lost its answer: from then on one request at a time.
+        self.overlap = True
 
     # ------------------------------------------------------------------ preparation
 
@@ -642,6 +659,7 @@ class _EditWriter:
 
     def commit(self) -> None:
         """The end of a complete source: mirror deletes, summary, EditError if anything failed."""
+        self.drain()
         if self.loader.mode == "replace" and not self.cleared:
             self._clear()  # an empty source still replaces the target's content
         if self.loader.mode == "mirror" and not self.loader.partial_stream:  # a sync run's changes only: no deletes
@@ -677,29 +695,114 @@ class _EditWriter:
             return
         queue: deque[tuple[list[Any], list[bytes]]] = deque()
         self._enqueue(queue, list(keys), list(payloads))
-        strikes = 0
+        if self._may_overlap(kind):
+            self._send_overlapping(kind, queue)
+        else:
+            self.drain()
+            self._send(kind, queue)
+
+    def _may_overlap(self, kind: str) -> bool:
+        """Whether these edits may go with others in flight: adds and updates keyed by a target field
+        (a lost answer is then checked by the batch's own keys, whatever else is in flight), as long
+        as no request of this run failed or lost its answer."""
+        assert self.fmap is not None
+        return (
+            self.overlap
+            and self.loader.concurrency > 1
+            and kind in ("add", "update")
+            and self.loader.mode in ("upsert", "mirror")
+            and self.fmap.key_target is not None
+        )
+
+    def _send_overlapping(self, kind: str, queue: deque[tuple[list[Any], list[bytes]]]) -> None:
+        """Submit the queued requests with at most ``concurrency`` in flight; answers are taken in
+        order of sending. The first failure ends overlapping for the run: what is in flight is
+        awaited, and the failed request is handled one at a time as :meth:`_send` does."""
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.loader.concurrency, thread_name_prefix="ags-etl-edits")
         while queue:
+            while len(self.in_flight) >= self.loader.concurrency:
+                self._harvest()
+            if not self.overlap:
+                self.drain()
+                self._send(kind, queue)
+                return
             ks, ps = queue.popleft()
-            try:
-                answer = self._post(kind, ps)
-            except TransientError as exc:
+            self.stats.requests += 1
+            self.in_flight.append((kind, ks, ps, self.pool.submit(self._post_edits, kind, ps)))
+
+    def _harvest(self) -> None:
+        """Take the answer of the oldest request in flight."""
+        kind, ks, ps, future = self.in_flight.popleft()
+        try:
+            answer = future.result()
+        except (TransientError, ServiceError) as exc:
+            self.overlap = False
+            self.drain()
+            self._send(kind, deque(), failed=(ks, ps, exc))
+            return
+        self._accept(kind, ks, answer)
+
+    def drain(self) -> None:
+        """Take the answers of every request in flight."""
+        while self.in_flight:
+            self._harvest()
+
+    def close(self) -> None:
+        """Wait for requests still in flight (their outcome is counted when it can be) and stop the
+        threads; for leaving the writer block early."""
+        try:
+            while self.in_flight:
+                kind, ks, _, future = self.in_flight.popleft()
+                try:
+                    self._accept(kind, ks, future.result())
+                except ArcGISError as exc:  # not resent: the run is ending with another error
+                    log.info("applyEdits of %d %ss to %s failed while stopping: %s", len(ks), kind, self.where, exc)
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+                self.pool = None
+
+    def _send(
+        self,
+        kind: str,
+        queue: deque[tuple[list[Any], list[bytes]]],
+        *,
+        failed: tuple[list[Any], list[bytes], ArcGISError] | None = None,
+    ) -> None:
+        """Send the queued requests one at a time: halve and re-read after a lost answer, split a
+        refused request (see the module docstring). ``failed``: a request already sent whose
+        failure is to be handled first."""
+        strikes = 0
+        while queue or failed is not None:
+            error: ArcGISError | None = None
+            if failed is not None:
+                ks, ps, error = failed
+                failed = None
+            else:
+                ks, ps = queue.popleft()
+                try:
+                    answer = self._post(kind, ps)
+                except (TransientError, ServiceError) as exc:
+                    error = exc
+            if isinstance(error, TransientError):
                 strikes += 1
                 self.stats.lost_answers += 1
                 if strikes >= MAX_STRIKES:
                     raise EditError(
                         f"feature_service: {strikes} applyEdits requests in a row to {self.where} failed or lost "
-                        f"their answer (last: {exc}); the edits confirmed so far arrived. Run again later "
+                        f"their answer (last: {error}); the edits confirmed so far arrived. Run again later "
                         "(upsert and mirror repair what is missing)"
-                    ) from exc
+                    ) from error
                 self.sizer.failed()
-                log.info("applyEdits of %d %ss to %s: %s; batch size now %d", len(ks), kind, self.where, exc, self.sizer.size)
+                log.info("applyEdits of %d %ss to %s: %s; batch size now %d", len(ks), kind, self.where, error, self.sizer.size)
                 time.sleep(min(8.0, 0.25 * 2 ** (strikes - 1)))
                 if kind == "add":
                     ks, ps = self._not_arrived(ks, ps)
                 if ks:
                     self._enqueue(queue, ks, ps, front=True)
                 continue
-            except ServiceError as exc:
+            if isinstance(error, ServiceError):
                 # The whole request was refused: split until the feature at fault is alone.
                 if len(ks) > 1:
                     self.sizer.failed()
@@ -707,13 +810,17 @@ class _EditWriter:
                     queue.appendleft((ks[half:], ps[half:]))
                     queue.appendleft((ks[:half], ps[:half]))
                 else:
-                    self.stats.failures.append(plan.EditFailure(kind, ks[0], exc.code, _server_text(exc)))
+                    self.stats.failures.append(plan.EditFailure(kind, ks[0], error.code, _server_text(error)))
                 continue
             strikes = 0
-            self.sizer.succeeded()
-            ok, failures = plan.parse_results(answer, kind, ks, self.where)
-            self._count_done(kind, ok)
-            self.stats.failures.extend(failures)
+            self._accept(kind, ks, answer)
+
+    def _accept(self, kind: str, keys: list[Any], answer: dict[str, Any]) -> None:
+        """Count a request's answer: successes, and failures per feature."""
+        self.sizer.succeeded()
+        ok, failures = plan.parse_results(answer, kind, keys, self.where)
+        self._count_done(kind, ok)
+        self.stats.failures.extend(failures)
 
     def _enqueue(self, queue: deque[tuple[list[Any], list[bytes]]], keys: list[Any], payloads: list[bytes], *, front: bool = False) -> None:
         parts = [(keys[a:b], payloads[a:b]) for a, b in plan.chunk_bounds([len(p) for p in payloads], self.sizer.size)]
@@ -723,12 +830,16 @@ class _EditWriter:
             queue.extend(parts)
 
     def _post(self, kind: str, payloads: list[bytes]) -> dict[str, Any]:
+        self.stats.requests += 1
+        return self._post_edits(kind, payloads)
+
+    def _post_edits(self, kind: str, payloads: list[bytes]) -> dict[str, Any]:
+        """One applyEdits request (run on the edit threads too: it touches no writer state)."""
         if kind == "delete":
             body = b",".join(payloads).decode()
         else:
             body = (b"[" + b",".join(payloads) + b"]").decode()
         params: dict[str, Any] = {f"{kind}s": body, "rollbackOnFailure": self.loader.rollback_on_failure, "useGlobalIds": False}
-        self.stats.requests += 1
         return self.edits.post(self.url + "/applyEdits", params)
 
     def _count_done(self, kind: str, n: int) -> None:

@@ -453,7 +453,7 @@ def test_dry_run_prints_the_edits_and_sends_nothing(source: str, tmp_path: Path)
 
 
 def test_values_the_target_cannot_hold_are_reported_and_the_rest_arrives(source: str, tmp_path: Path) -> None:
-    with _target(tmp_path, "--token-auth", "editor:s3cret-pw", "--token-ttl", "1", "--latency-ms", "60") as (target, log):
+    with _target(tmp_path, "--token-auth", "editor:s3cret-pw", "--token-ttl", "1", "--latency-ms", "150") as (target, log):
         pipeline_file = tmp_path / "p.yaml"
         pipeline_file.write_text(json.dumps({"version": 1, "jobs": [{
             "name": "push", "source": {"url": _layer(source, "long")},
