@@ -27,7 +27,7 @@ import re
 import threading
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import urlsplit
 
 from ags_etl.errors import ConfigError
@@ -129,7 +129,7 @@ class Clusters:
         self._local: LocalCluster | None = None
         self._lock = threading.Lock()
 
-    def __enter__(self) -> Clusters:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -146,7 +146,7 @@ class Clusters:
                 return found
             if address is None:
                 log.info("no scheduler address given: starting a local Dask cluster for this run")
-                kwargs: dict[str, Any] = {"processes": True, "host": "127.0.0.1", "dashboard_address": None}
+                kwargs: dict[str, Any] = {"processes": True, "host": "127.0.0.1", "dashboard_address": ":0"}
                 if self.local_workers is not None:
                     kwargs["n_workers"] = self.local_workers
                 if self.local_threads is not None:

@@ -51,12 +51,19 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from ags_etl.arcgis.client import ArcGISClient
-from ags_etl.batch import FeatureBatch
 from ags_etl.cluster import HostLimit, LimitedClient, host_of
 from ags_etl.errors import ConfigError, LoadError, PagingError
 from ags_etl.extractors.driver import SeenIds
 from ags_etl.extractors.plans import planner_for
-from ags_etl.extractors.tasks import Box, ClientSpec, PageResult, PageTask, QueryContext, fetch_page, row_keys
+from ags_etl.extractors.tasks import (
+    Box,
+    ClientSpec,
+    PageResult,
+    PageTask,
+    QueryContext,
+    fetch_page,
+    row_keys,
+)
 from ags_etl.loaders.base import LoadStats
 from ags_etl.loaders.geoparquet_dataset import DatasetWriter, PartInfo
 from ags_etl.schema import LayerSchema
@@ -385,14 +392,14 @@ def _drive_parts(
     try:
         while True:
             while len(window) < limit and (task := planner.take()) is not None:
-                page = client.submit(fetch_task, task, work, pure=False, key=f"ags-etl-fetch-{work.key}-{index}")
-                summary = client.submit(summary_task, page, pure=False, key=f"ags-etl-summary-{work.key}-{index}")
-                window.append((page, summary))
+                fetched = client.submit(fetch_task, task, work, pure=False, key=f"ags-etl-fetch-{work.key}-{index}")
+                summarised = client.submit(summary_task, fetched, pure=False, key=f"ags-etl-summary-{work.key}-{index}")
+                window.append((fetched, summarised))
                 index += 1
             if not window:
                 break
             page, summary_future = window.popleft()
-            summary: PageSummary = summary_future.result()
+            summary = cast(PageSummary, summary_future.result())
             result = summary.result
             pages += 1
             stats.pages += 1
