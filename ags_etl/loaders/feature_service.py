@@ -705,12 +705,12 @@ class _EditWriter:
         """Whether these edits may go with others in flight: adds and updates keyed by a target field
         (a lost answer is then checked by the batch's own keys, whatever else is in flight), as long
         as no request of this run failed or lost its answer."""
-        assert self.fmap is not None
         return (
             self.overlap
             and self.loader.concurrency > 1
             and kind in ("add", "update")
             and self.loader.mode in ("upsert", "mirror")
+            and self.fmap is not None
             and self.fmap.key_target is not None
         )
 
