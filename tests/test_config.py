@@ -59,7 +59,7 @@ GOOD_JOB = """\
 # (case id, the file's text, the fragment the one problem must hold: "FILE:LINE: job: key path: …")
 MISTAKES = [
     ("unknown-top-key", "version: 1\njobs:\n" + GOOD_JOB + "stat: x\n",
-     ":6: stat: unknown key 'stat' (did you mean 'state'?); accepted keys: defaults, jobs, state, version"),
+     ":6: stat: unknown key 'stat' (did you mean 'state'?); accepted keys: defaults, executor, jobs, max_requests_per_host, scheduler, state, version"),
     ("unknown-source-key", "version: 1\njobs:\n  - name: a\n    source:\n      url: URL\n      pagesize: 5\n"
      "    sink: {type: geojson, path: OUT/a.geojson}\n",
      ":6: job 'a': source.pagesize: unknown key 'pagesize' (did you mean 'page_size'?)"),
