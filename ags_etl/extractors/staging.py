@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 import shapely
+from pyarrow import ipc
 
 from ags_etl.arcgis.client import display_url
 from ags_etl.arcgis.layer import LayerInfo

@@ -267,7 +267,7 @@ def test_an_abandoned_run_resumes_with_only_the_missing_pages(
     assert sum(map(len, clean)) == N and ext.stats.resumed == 0
 
     folder = tmp_path / ".out.resume"
-    half, first = _run(url, folder, strategy, stop_after=len(clean) // 2)
+    _, first = _run(url, folder, strategy, stop_after=len(clean) // 2)
     assert folder.is_dir() and len(list(folder.glob("*.arrow"))) >= len(clean) // 2
     assert not first._complete
 
