@@ -34,7 +34,10 @@ it at ``open()``, still before the first edit.
 
 Sending: edits go in batches sized to the geometry (points 1000, lines 250, polygons 100, or
 ``batch_size``; see :class:`~ags_etl.arcgis.edits.BatchSizer`), halved after a failed or lost
-request and grown back after a good one. ``applyEdits`` is never retried blindly — its client has
+request and grown back after a good one. With a key (upsert, mirror), up to ``concurrency`` (3)
+requests of adds or updates are in flight at once, their answers taken in order; the first failed
+or unanswered one ends that for the run (the others are awaited, then one request at a time).
+``applyEdits`` is never retried blindly — its client has
 no automatic retries:
 
 * a request refused as a whole (an error body) is split in halves until the feature at fault is
