@@ -295,12 +295,15 @@ class PipelineRun:
         return sync
 
     def _commit_sync(self, job: JobSpec, job_name: str, pipeline: Pipeline, result: RunResult, sync: SyncOutcome) -> None:
-        """After the sink committed: deletes for a sink that is not a file, then the state row."""
+        """After the sink committed: deletes for a sink that is not a file, then the state row
+        (not in a dry run: nothing was sent, so the next run must read the same changes)."""
         assert job.sync is not None
         if sync.loader is not None:
             sync.merge = sync.loader.merge
         elif job.sync.detect_deletes:
             sync.merge.deleted = self._apply_deletes(job, pipeline, sync)
+        if self.dry_run:
+            return
         cursor = later(sync.plan.cursor, sync.cursor)
         self.state.put(JobState(
             name=job.name, job=job_name, cursor=cursor, source=source_identity(job), mode=sync.plan.mode,

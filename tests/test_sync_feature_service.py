@@ -237,6 +237,14 @@ def test_sync_copies_edits_deletes_and_then_sends_nothing(layers: tuple[Layer, L
     assert len(assert_same(a, b)) == 25
 
     edit_source(a)
+    sent, state = b.edit_requests(), state_rows(file)
+    dry = CliRunner().invoke(main, ["run", str(file), "--dry-run", "-q"], env=env(a, b))
+    assert dry.exit_code == 0, dry.stderr
+    printed = sorted(line.split(": ", 2)[2].split(" objectid=")[0] for line in dry.stdout.splitlines())
+    assert printed == ["add key='N0'", "add key='N1'", "delete key='K01'", "delete key='K07'",
+                       *(f"update key='K0{i}'" for i in (2, 4, 5, 6))], dry.stdout
+    assert b.edit_requests() == sent and state_rows(file) == state, "a dry run sends nothing and keeps the state"
+
     second = run(file, a, b, report)
     assert (second["sync"], second["deleted"]) == ("incremental", 2)
     assert second["features_read"] == 25, "A's first 25 share the cursor's second: read again, and unchanged"
