@@ -94,7 +94,7 @@ def main() -> None:
         for i, name in enumerate(names):
             make_layer(data / f"{name}.parquet", args.n, seed=i)
         print(f"{args.layers} layers x {args.n:,} points = {total:,} features, 1000 per page")
-        with run_server(data, "--max-record-count", "1000") as base:
+        with run_server(data, "--max-record-count", "1000", timeout=600) as base:
             rows = []
             seconds = timed(pipeline(base, names, out / "threads"), total)
             rows.append(("threads (concurrency 4)", seconds))
