@@ -198,12 +198,16 @@ class HostLimit:
         return f"ags-etl-host-{safe}-{self.max_leases}"
 
     def semaphore(self) -> Any:
-        """This process's :class:`distributed.Semaphore` for the host (made once per process)."""
+        """This process's :class:`distributed.Semaphore` for the host (made once per process,
+        first from a task's thread)."""
         with _semaphores_lock:
             found = _semaphores.get(self.name)
             if found is None:
                 distributed = require_distributed()
                 found = _semaphores[self.name] = distributed.Semaphore(max_leases=self.max_leases, name=self.name)
+                # Bind to this worker now: a task's thread finds its worker, the threads a
+                # whole-job task starts for its pages would not.
+                found.loop  # noqa: B018
             return found
 
 
@@ -212,18 +216,26 @@ _semaphores_lock = threading.Lock()
 
 
 class LimitedClient:
-    """An :class:`~ags_etl.arcgis.client.ArcGISClient` whose ``post`` and ``post_binary`` hold a
-    lease of ``limit`` for the whole request (its retries and their back-off included), so the
-    cluster never has more than ``limit.max_leases`` requests in flight to the host."""
+    """An :class:`~ags_etl.arcgis.client.ArcGISClient` whose requests (``get``, ``post``,
+    ``post_binary``, ``post_raw``) each hold a lease of ``limit`` for the whole request (its
+    retries and their back-off included), so the cluster never has more than
+    ``limit.max_leases`` requests in flight to the host. Every other attribute is the
+    client's own (counters, ``close``)."""
+
+    #: The client's methods that send a request.
+    REQUESTS = frozenset({"get", "post", "post_binary", "post_raw"})
 
     def __init__(self, client: ArcGISClient, limit: HostLimit) -> None:
         self.client = client
         self.limit = limit
 
-    def post(self, url: str, params: dict[str, Any]) -> Any:
-        with self.limit.semaphore():
-            return self.client.post(url, params)
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self.client, name)
+        if name not in self.REQUESTS:
+            return found
 
-    def post_binary(self, url: str, params: dict[str, Any]) -> Any:
-        with self.limit.semaphore():
-            return self.client.post_binary(url, params)
+        def limited(*args: Any, **kwargs: Any) -> Any:
+            with self.limit.semaphore():
+                return found(*args, **kwargs)
+
+        return limited

@@ -40,6 +40,8 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from ags_etl.arcgis.catalog import expand_job
 from ags_etl.arcgis.client import ArcGISClient, redact
@@ -51,12 +53,13 @@ from ags_etl.build import (
     dry_run_job,
     network_options,
 )
-from ags_etl.cluster import Clusters, resolve_settings
+from ags_etl.cluster import Clusters, ExecutorSettings, resolve_settings
+from ags_etl.cluster_jobs import WholeJobs, runs_whole
 from ags_etl.errors import AgsEtlError, ConfigError, JobLockedError
 from ags_etl.extractors.feature_layer import ExtractStats
 from ags_etl.loaders.base import FileLoader, stale_temp_outputs
 from ags_etl.pipeline import Pipeline, RunResult
-from ags_etl.progress import NullProgress, ProgressFactory
+from ags_etl.progress import JobProgress, NullProgress, ProgressFactory
 from ags_etl.report import JobReport, RunReport
 from ags_etl.spec import JobSpec, PipelineSpec
 from ags_etl.state import JobLock, JobState, StateStore, now_text, state_path
@@ -92,10 +95,57 @@ def select_jobs(spec: PipelineSpec, job: str | None) -> list[JobSpec]:
     return chosen
 
 
-def _message(exc: BaseException) -> str:
+def error_message(exc: BaseException) -> str:
     """One line for the report: our errors as they are (they name the fix), others with their type."""
     text = str(exc) if isinstance(exc, AgsEtlError) else f"{type(exc).__name__}: {exc}"
     return redact(" ".join(text.split()))
+
+
+_message = error_message
+
+
+def failed_report(layer_job: JobSpec, job_name: str, pipeline: Pipeline | None, exc: Exception, seconds: float) -> JobReport:
+    """The ``failed`` report of ``layer_job`` (of ``job_name`` in the file): the redacted error
+    and the extractor's counts so far (``pipeline`` None: it was not even built)."""
+    report = JobReport(name=layer_job.name, job=job_name, status="failed", seconds=seconds, error=error_message(exc))
+    stats = getattr(pipeline.extractor, "stats", None) if pipeline is not None else None
+    if isinstance(stats, ExtractStats):
+        report.features_read, report.pages = stats.features, stats.pages
+        report.requests, report.retries = stats.requests, stats.retries
+        report.strategy, report.expected = stats.strategy or None, stats.expected
+    return report
+
+
+def ok_report(layer_job: JobSpec, job_name: str, pipeline: Pipeline, result: RunResult, seconds: float) -> JobReport:
+    """The ``ok`` report of ``layer_job`` from what its run did."""
+    ex = result.extract
+    return JobReport(
+        name=layer_job.name,
+        job=job_name,
+        status="ok",
+        features_read=ex.features,
+        dropped_by_clip=result.transform_counters.get("clip_dropped", 0),
+        written=result.load.features,
+        pages=ex.pages,
+        requests=ex.requests,
+        retries=ex.retries,
+        seconds=seconds,
+        strategy=ex.strategy or None,
+        expected=ex.expected,
+        output=pipeline.loader.target,
+        warnings=[redact(w) for w in result.load.warnings],
+    )
+
+
+@dataclass(frozen=True)
+class _Submitted:
+    """A layer job sent to a Dask cluster as one whole-job task, and where its report comes from."""
+
+    job: JobSpec
+    job_name: str
+    future: Any
+    whole: WholeJobs
+    bar: JobProgress
 
 
 class PipelineRun:
@@ -131,46 +181,148 @@ class PipelineRun:
         self.report = RunReport(jobs=[], pipeline=None if spec.path is None else str(spec.path))
         self._failed = False
         self._running: tuple[str, str, float] | None = None  # (name, job, start) of the layer job running
+        # Whole-job tasks on Dask clusters: by index of the job, and the driver's side by scheduler.
+        self._whole: dict[int, list[_Submitted]] = {}
+        self._whole_jobs: dict[str | None, WholeJobs] = {}
 
     def run(self) -> RunReport:
-        """Run the selected jobs in file order; return :attr:`report`."""
+        """Run the selected jobs; return :attr:`report` (jobs in file order).
+
+        Jobs that run as whole-job tasks on a Dask cluster (:mod:`ags_etl.cluster_jobs`) are
+        all submitted first; the other jobs then run one after another here (their pages on
+        threads or page tasks), and the whole jobs' reports are collected last.
+        """
         self.report.started_at = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         start = time.monotonic()
-        index = 0
+        done: dict[int, list[JobReport]] = {}  # reports by index of the job in self.jobs
+        index = -1
         try:
+            self._submit_whole_jobs(done)
             for index, job in enumerate(self.jobs):
-                for report in self._run_job(job):
-                    self.report.jobs.append(report)
+                if index not in self._whole and index not in done:
+                    done[index] = []
+                    for report in self._run_job(job):
+                        done[index].append(report)
+            for index, submitted in self._whole.items():
+                done[index] = []
+                for report in self._collect(submitted):
+                    done[index].append(report)
         except BaseException as exc:  # Ctrl-C / SIGTERM: record where the run stopped, then go on stopping
-            self._interrupted(exc, self.jobs[index], self.jobs[index + 1 :])
+            self._interrupted(exc, index, done)
             raise
         finally:
+            self.report.jobs = [r for i in range(len(self.jobs)) for r in done.get(i, [])]
             self.report.seconds = time.monotonic() - start
+            for whole in self._whole_jobs.values():
+                whole.close()
             self.clusters.close()  # a local cluster started for this run stops with it
         return self.report
 
+    def _settings(self, job: JobSpec) -> ExecutorSettings:
+        return resolve_settings(
+            self.cluster_options, (job.executor, job.scheduler, job.max_requests_per_host), self.pipeline_cluster
+        )
+
     def _run_pipeline(self, layer_job: JobSpec, pipeline: Pipeline) -> RunResult:
         """Run one layer job here (threads) or with its pages on a Dask cluster."""
-        settings = resolve_settings(
-            self.cluster_options,
-            (layer_job.executor, layer_job.scheduler, layer_job.max_requests_per_host),
-            self.pipeline_cluster,
-        )
+        settings = self._settings(layer_job)
         if settings.executor == "threads":
+            return pipeline.run()
+        if runs_whole(layer_job):  # a dry run: its edits are printed here, so it runs here
+            log.info("job %s: a dry run runs on this machine, not as a task on the Dask cluster", layer_job.name)
             return pipeline.run()
         from ags_etl.extractors.dask_executor import run_on_cluster
 
         client = self.clusters.client(settings.scheduler)
         return run_on_cluster(pipeline, layer_job, client, limit=settings.max_requests_per_host)
 
-    def _interrupted(self, exc: BaseException, current: JobSpec, not_started: list[JobSpec]) -> None:
+    # ------------------------------------------------------------------ whole jobs on a Dask cluster
+
+    def _submit_whole_jobs(self, done: dict[int, list[JobReport]]) -> None:
+        """Send every job that runs as whole-job tasks (executor dask, a sink not written in
+        parts, not a sync job, not a dry run) to its cluster, one task per layer; fills
+        :attr:`_whole`. A job whose layers cannot be listed gets its ``failed`` report in ``done``."""
+        for index, job in enumerate(self.jobs):
+            settings = self._settings(job)
+            if settings.executor != "dask" or job.sync is not None or self.dry_run or not runs_whole(job):
+                continue
+            if self._failed and self.fail_fast:
+                done[index] = [JobReport(name=job.name, job=job.name, status="skipped")]
+                continue
+            try:
+                layer_jobs = self._expand(job)
+                whole = self._whole_jobs.get(settings.scheduler)
+                if whole is None:
+                    whole = self._whole_jobs[settings.scheduler] = WholeJobs(self.clusters.client(settings.scheduler))
+            except Exception as exc:  # a listing that fails, a cluster out of reach: this job's failure only
+                log.debug("job %s: not submitted", job.name, exc_info=True)
+                self._mark_failed()
+                done[index] = [JobReport(name=job.name, job=job.name, status="failed", error=error_message(exc))]
+                continue
+            submitted = []
+            for layer_job in layer_jobs:
+                bar = self.progress.job(layer_job.name)
+                future = whole.submit(layer_job, job.name, settings.max_requests_per_host)
+                future.add_done_callback(self._whole_done)
+                submitted.append(_Submitted(layer_job, job.name, future, whole, bar))
+            self._whole[index] = submitted
+
+    def _whole_done(self, future: Any) -> None:
+        """Called by Dask when a whole-job task ends: a failure counts for ``--fail-fast`` now."""
+        # "finished": the task returned its report (it never raises); else Dask lost or cancelled it.
+        if future.status != "finished" or future.result().report.status == "failed":
+            self._mark_failed()
+
+    def _mark_failed(self) -> None:
+        """A job failed: with ``--fail-fast``, whole jobs not started yet are skipped."""
+        self._failed = True
+        if self.fail_fast:
+            for whole in list(self._whole_jobs.values()):
+                whole.skip_pending()
+
+    def _collect(self, submitted: list[_Submitted]) -> Iterator[JobReport]:
+        """The reports of one job's whole-job tasks, waiting for each."""
+        for item in submitted:
+            self._running = (item.job.name, item.job_name, time.monotonic())
+            report = item.whole.report(item.future, item.job.name, item.job_name)
+            self._running = None
+            item.bar.finish(ok=report.status == "ok")
+            if report.status == "failed":
+                self._mark_failed()
+            yield report
+
+    def _interrupted(self, exc: BaseException, index: int, done: dict[int, list[JobReport]]) -> None:
+        """Stopped by ``exc`` while job ``index`` ran here (-1: none yet): that job ``failed``
+        (interrupted), jobs not started ``skipped``; whole jobs that finished on the cluster
+        keep their reports, the others are told to stop and reported ``failed``."""
         self.report.interrupted = True
-        name, job, began = self._running if self._running is not None else (current.name, current.name, None)
-        self.report.jobs.append(JobReport(
-            name=name, job=job, status="failed", seconds=0.0 if began is None else time.monotonic() - began,
-            error=f"interrupted ({type(exc).__name__}); its output was not written",
-        ))
-        self.report.jobs.extend(JobReport(name=j.name, job=j.name, status="skipped") for j in not_started)
+        if index >= 0 and index not in self._whole:
+            current = self.jobs[index]
+            name, job_name, began = self._running if self._running is not None else (current.name, current.name, None)
+            done.setdefault(index, []).append(JobReport(
+                name=name, job=job_name, status="failed", seconds=0.0 if began is None else time.monotonic() - began,
+                error=f"interrupted ({type(exc).__name__}); its output was not written",
+            ))
+        for i, job in enumerate(self.jobs):
+            submitted = self._whole.get(i)
+            if submitted is None:
+                if i not in done:
+                    done[i] = [JobReport(name=job.name, job=job.name, status="skipped")]
+                continue
+            reported = {r.name for r in done.get(i, [])}
+            done[i] = done.get(i, []) + [
+                item.whole.report(item.future, item.job.name, item.job_name) if item.future.done() else JobReport(
+                    name=item.job.name, job=item.job_name, status="failed",
+                    error=f"interrupted ({type(exc).__name__}) while it ran on the Dask cluster; it was told to "
+                    "stop, and its output is written only if it had already finished",
+                )
+                for item in submitted if item.job.name not in reported
+            ]
+        for whole in self._whole_jobs.values():
+            try:
+                whole.stop()
+            except Exception as stop_error:  # the cluster is gone too: nothing left to stop
+                log.debug("could not stop the jobs on the Dask cluster: %s", stop_error, exc_info=True)
 
     def _expand(self, job: JobSpec) -> list[JobSpec]:
         """One job per layer. Needs the network only for service/folder/item sources."""
@@ -201,35 +353,10 @@ class PipelineRun:
                 raise  # Ctrl-C, SIGTERM: run() records it
             self._running = None
             log.debug("job %s failed", layer_job.name, exc_info=True)
-            report = JobReport(
-                name=layer_job.name, job=job_name, status="failed",
-                seconds=time.monotonic() - start, error=_message(exc),
-            )
-            stats = getattr(pipeline.extractor, "stats", None) if pipeline is not None else None
-            if isinstance(stats, ExtractStats):
-                report.features_read, report.pages = stats.features, stats.pages
-                report.requests, report.retries = stats.requests, stats.retries
-                report.strategy, report.expected = stats.strategy or None, stats.expected
-            return report
+            return failed_report(layer_job, job_name, pipeline, exc, time.monotonic() - start)
         self._running = None
         bar.finish(ok=True)
-        ex = result.extract
-        report = JobReport(
-            name=layer_job.name,
-            job=job_name,
-            status="ok",
-            features_read=ex.features,
-            dropped_by_clip=result.transform_counters.get("clip_dropped", 0),
-            written=result.load.features,
-            pages=ex.pages,
-            requests=ex.requests,
-            retries=ex.retries,
-            seconds=time.monotonic() - start,
-            strategy=ex.strategy or None,
-            expected=ex.expected,
-            output=pipeline.loader.target,
-            warnings=[redact(w) for w in result.load.warnings],
-        )
+        report = ok_report(layer_job, job_name, pipeline, result, time.monotonic() - start)
         if sync is not None:
             report.sync, report.deleted = sync.plan.mode, sync.merge.deleted
             report.warnings[:0] = sync.warnings
@@ -336,7 +463,7 @@ class PipelineRun:
             yield JobReport(name=job.name, job=job.name, status="locked", error=_message(exc))
             return
         except ConfigError as exc:
-            self._failed = True
+            self._mark_failed()
             yield JobReport(name=job.name, job=job.name, status="failed", error=_message(exc))
             return
         try:
@@ -349,7 +476,7 @@ class PipelineRun:
             layer_jobs = self._expand(job)
         except Exception as exc:  # a listing that fails is this job's failure only
             log.debug("job %s: expansion failed", job.name, exc_info=True)
-            self._failed = True
+            self._mark_failed()
             yield JobReport(name=job.name, job=job.name, status="failed", error=_message(exc))
             return
         for layer_job in layer_jobs:
@@ -358,7 +485,7 @@ class PipelineRun:
                 continue
             report = self._run_layer(layer_job, job.name)
             if report.status == "failed":
-                self._failed = True
+                self._mark_failed()
             yield report
 
 

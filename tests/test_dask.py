@@ -22,7 +22,6 @@ import pytest
 import shapely
 
 from ags_etl.config import parse_pipeline
-from ags_etl.errors import PipelineFileError
 from ags_etl.runner import run_pipeline
 from ags_etl.server.app import serve_in_thread
 from ags_etl.server.options import ServerOptions
@@ -187,26 +186,6 @@ def test_a_worker_killed_mid_run_costs_only_its_tasks(data_dir: Path, tmp_path: 
     assert report.exit_code == 0, [j.error for j in report.jobs]
     assert report.jobs[0].written == BIG
     _check_output(tmp_path / "big", "points", BIG)
-
-
-def test_executor_dask_refuses_a_single_file_sink_naming_the_dataset_alternative(tmp_path: Path) -> None:
-    data = {
-        "version": 1,
-        "executor": "dask",
-        "jobs": [{
-            "name": "roads",
-            "source": {"url": "http://127.0.0.1:9/arcgis/rest/services/roads/FeatureServer/0"},
-            "sink": {"type": "geojson", "path": str(tmp_path / "roads.geojson")},
-        }],
-    }
-    with pytest.raises(PipelineFileError) as caught:
-        parse_pipeline(data)
-    text = str(caught.value)
-    assert "job 'roads': executor:" in text
-    assert "partitioned GeoParquet dataset" in text and "out/roads/" in text
-    # A job of its own with executor threads is unaffected by the top-level key.
-    data["jobs"][0]["executor"] = "threads"
-    assert parse_pipeline(data).jobs[0].executor == "threads"
 
 
 def _ags(*args: str, env: dict[str, str] | None = None, hide_distributed: bool = False) -> subprocess.CompletedProcess[str]:

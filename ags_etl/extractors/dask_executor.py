@@ -9,8 +9,8 @@ Two ways to use a cluster:
 * :func:`run_on_cluster` runs one layer job of a pipeline with **feature data never
   travelling through the driver**. The sink must be a partitioned GeoParquet dataset
   (``path`` ending in ``/`` or ``partitioned: true``), the one output that can be written in
-  parts; any other sink is refused (:func:`sink_problem`) with a message naming that
-  alternative. For each page task the driver submits three small cluster tasks:
+  parts; ``ags-etl run`` runs a job with any other sink as one whole-job task instead
+  (:mod:`ags_etl.cluster_jobs`). For each page task the driver submits three small cluster tasks:
 
   1. :func:`fetch_task` — on a worker: one request (under the cluster-wide per-host limit,
      :class:`~ags_etl.cluster.HostLimit`), decoded to a :class:`PageResult` that *stays on
@@ -259,20 +259,16 @@ def write_task(result: PageResult, work: LayerWork, name: str, drop: np.ndarray 
 
 
 def sink_problem(job: JobSpec) -> str | None:
-    """Why ``job``'s sink cannot take ``executor: dask`` (None: it can)."""
-    sink = job.sink
-    partitioned = sink.type == "geoparquet" and sink.path is not None and (
-        sink.path.endswith("/") or bool(sink.options.get("partitioned"))
-    )
-    if partitioned:
-        return None
+    """Why ``job`` cannot take ``executor: dask`` (None: it can). Any sink can: a partitioned
+    GeoParquet dataset is written in parts by page tasks (:func:`run_on_cluster`), any other
+    sink by one whole-job task (:mod:`ags_etl.cluster_jobs`). Sync jobs cannot: their state
+    and lock are the driver's."""
     if job.sync is not None:
-        return "executor dask does not run sync jobs (they merge into one local file); use executor threads"
-    return (
-        f"executor dask writes each page's features on the worker that read them, as parts of a partitioned "
-        f"GeoParquet dataset; the {sink.type} sink writes one file and cannot be written in parts. Write a "
-        f"dataset (type: geoparquet with a path ending in '/', e.g. out/{job.name}/), or use executor threads"
-    )
+        return (
+            "executor dask does not run sync jobs (their state, lock and merged output are the driver's); "
+            "use executor threads for this job"
+        )
+    return None
 
 
 def _part_name(index: int, task: PageTask) -> str:
@@ -298,12 +294,21 @@ def run_on_cluster(
     problem = sink_problem(job)
     loader = pipeline.loader
     if problem is None and not (isinstance(loader, GeoParquetLoader) and loader.partitioned):
-        problem = f"executor dask needs a partitioned GeoParquet sink; job {job.name!r} has {loader.name}"
+        problem = (
+            f"page tasks on a cluster write a partitioned GeoParquet dataset, and the {loader.name} sink writes one "
+            f"file; write a dataset (a path ending in '/', e.g. out/{job.name}/), run the job with ags-etl run "
+            "(which runs it as one whole-job task on the cluster), or use executor threads"
+        )
     if problem is not None:
         raise ConfigError(f"job {job.name!r}: {problem}")
     assert isinstance(loader, GeoParquetLoader)
     start = time.monotonic()
     loader.preflight()
+    host_limit = None if limit is None else HostLimit(host_of(pipeline.extractor.url), limit)
+    if host_limit is not None and isinstance(pipeline.extractor.client, ArcGISClient):
+        # The driver's metadata and probe requests count too: whole-job tasks may be reading
+        # from the same host meanwhile.
+        pipeline.extractor.client = cast(ArcGISClient, LimitedClient(pipeline.extractor.client, host_limit))
     if pipeline.transformers:
         crs = pipeline.transformers[0].server_side_crs()
         if crs is not None:
@@ -334,7 +339,7 @@ def run_on_cluster(
                 schema=in_schema,
                 transforms=tuple(job.transforms),
                 dataset=dataset,
-                limit=None if limit is None else HostLimit(host_of(info.url), limit),
+                limit=host_limit,
             )
             outcomes: list[PartOutcome] = []
             counters: dict[str, int] = {}
