@@ -9,6 +9,7 @@ geometry has ``geometry is None``. Transformers return new batches.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, replace
 from typing import Any
@@ -50,6 +51,21 @@ class _HidePandas:
 
 
 skip_pandas_probe()
+
+
+def use_malloc_for_arrow() -> None:
+    """Make malloc the default Arrow memory pool, unless ``ARROW_DEFAULT_MEMORY_POOL`` chooses one.
+
+    pyarrow's default pool (mimalloc) keeps freed pages in a heap per thread; a pull
+    decodes a page on each of ``concurrency`` threads, and those heaps held about 75 MB
+    more at peak than malloc for a 100,000-point pull, with no measurable gain in speed.
+    Called when this module is imported, before any Arrow data of ags_etl is made.
+    """
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") is None:
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
+use_malloc_for_arrow()
 
 
 @dataclass(frozen=True)
@@ -95,8 +111,7 @@ class FeatureBatch:
         """Attributes plus a WKB geometry column (null for missing geometries)."""
         if self.geometry is None:
             return self.attributes
-        wkb = shapely.to_wkb(self.geometry, flavor="iso")
-        return self.attributes.append_column(geometry_column, pa.array(wkb, type=pa.binary()))
+        return self.attributes.append_column(geometry_column, wkb_array(self.geometry))
 
     @classmethod
     def empty(cls, arrow_schema: pa.Schema, crs: CRS | None, has_geometry: bool = True) -> "FeatureBatch":
@@ -114,3 +129,39 @@ class FeatureBatch:
         else:
             geometry = np.concatenate([b.geometry for b in batches])  # type: ignore[misc]
         return FeatureBatch(table, geometry, batches[0].crs)
+
+
+_POINT_XY = np.dtype([("order", "u1"), ("type", "<u4"), ("x", "<f8"), ("y", "<f8")])
+_POINT_XYZ = np.dtype([("order", "u1"), ("type", "<u4"), ("x", "<f8"), ("y", "<f8"), ("z", "<f8")])
+
+
+def wkb_array(geoms: np.ndarray) -> pa.Array:
+    """Geometries (None → null) → an Arrow binary array of ISO WKB, as ``shapely.to_wkb(flavor="iso")``.
+
+    A page of points (all 2D or all 3D, none empty) is laid out by numpy straight into
+    the Arrow buffers — no Python bytes object per row, and no GIL held per row; anything
+    else goes through shapely.
+    """
+    ids = shapely.get_type_id(geoms)  # -1 for None
+    present = ids >= 0
+    n = len(geoms)
+    if n and (ids[present] == 0).all() and present.any():
+        points = geoms[present]
+        z = shapely.has_z(points)
+        if (shapely.get_num_coordinates(points) == 1).all() and (z.all() or not z.any()):
+            has_z = bool(z[0])
+            coords = shapely.get_coordinates(points, include_z=has_z)
+            rec = np.empty(len(points), dtype=_POINT_XYZ if has_z else _POINT_XY)
+            rec["order"] = 1  # little-endian
+            rec["type"] = 1001 if has_z else 1  # ISO: Point Z is 1001
+            rec["x"], rec["y"] = coords[:, 0], coords[:, 1]
+            if has_z:
+                rec["z"] = coords[:, 2]
+            sizes = np.where(present, rec.dtype.itemsize, 0)
+            offsets = np.zeros(n + 1, dtype=np.int32)
+            np.cumsum(sizes, out=offsets[1:])
+            validity = None if present.all() else pa.array(present).buffers()[1]
+            return pa.Array.from_buffers(
+                pa.binary(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(rec)], null_count=int(n - present.sum())
+            )
+    return pa.array(shapely.to_wkb(geoms, flavor="iso"), type=pa.binary())

@@ -349,8 +349,25 @@ class ArcGISClient:
             raise ArcGISError(f"{display_url(url)} answered JSON where {data.get('f')} was asked for")
         return answer
 
+    def post_raw(self, url: str, data: Mapping[str, Any]) -> bytes | dict[str, Any]:
+        """Query request whose JSON answer is handed back unparsed, for a bulk decoder.
+
+        The body comes back as bytes when it starts like a JSON object and holds no
+        ``"error"`` string (so it cannot be an ArcGIS error answer); any other answer is
+        parsed and checked exactly as :meth:`post` does, and returned as a dict.
+        """
+        answer: bytes | dict[str, Any] = self.request_json(url, dict(data), method="POST", raw=True)
+        return answer
+
     def request_json(
-        self, url: str, params: dict[str, Any], *, method: str = "POST", authenticate: bool = True, binary: bool = False
+        self,
+        url: str,
+        params: dict[str, Any],
+        *,
+        method: str = "POST",
+        authenticate: bool = True,
+        binary: bool = False,
+        raw: bool = False,
     ) -> Any:
         url = split_url_credentials(url)[0]  # userinfo is never sent (nor shown)
         params = {k: _form_value(v) for k, v in params.items() if v is not None}
@@ -366,7 +383,7 @@ class ArcGISClient:
                     headers["X-Esri-Authorization"] = f"Bearer {token}"
                     send_method = "POST"  # keep the token out of the URL
             try:
-                return self._with_retries(send_method, url, params, headers, binary)
+                return self._with_retries(send_method, url, params, headers, binary, raw)
             except TokenError:
                 if authenticate and not refreshed and self.auth.invalidate():
                     refreshed = True
@@ -385,7 +402,13 @@ class ArcGISClient:
         time.sleep(delay)
 
     def _with_retries(
-        self, method: str, url: str, params: dict[str, Any], headers: dict[str, str], binary: bool = False
+        self,
+        method: str,
+        url: str,
+        params: dict[str, Any],
+        headers: dict[str, str],
+        binary: bool = False,
+        raw: bool = False,
     ) -> Any:
         where = display_url(url)
         last: str = ""
@@ -431,6 +454,8 @@ class ArcGISClient:
                 raise ArcGISError(f"{where} answered HTTP {status}; check the URL and parameters")
             if binary and not bytes(resp.body[:64]).lstrip().startswith(b"{"):
                 return bytes(resp.body)  # a protocol buffer never starts with "{" (field 15, wire type 3)
+            if raw and b'"error"' not in resp.body and bytes(resp.body[:64]).lstrip().startswith(b"{"):
+                return bytes(resp.body)  # an error answer needs the key "error"; this one is a page
             try:
                 body = orjson.loads(resp.body)
             except orjson.JSONDecodeError as exc:

@@ -384,6 +384,11 @@ def _nested_coordinates(values: list[Any], levels: int, has_z: bool) -> tuple[li
         arr = pa.array(values)
     except _CONVERSION_ERRORS:
         return None
+    return _nested_from_arrow(arr, levels, has_z)
+
+
+def _nested_from_arrow(arr: pa.Array, levels: int, has_z: bool) -> tuple[list[np.ndarray], np.ndarray] | None:
+    """:func:`_nested_coordinates` of nested lists already in Arrow (list of list … of numbers)."""
     offsets: list[np.ndarray] = []
     for _ in range(levels + 1):
         if not pa.types.is_list(arr.type) or arr.null_count or arr.offset:
@@ -433,9 +438,20 @@ def _decode_parts_bulk(
     found = _nested_coordinates([geoms[i][key] for i in rows], 1 if key == "points" else 2, has_z)  # type: ignore[index]
     if found is None:
         return None
+    return _build_parts(key, np.asarray(rows), found, out)
+
+
+def _build_parts(
+    key: str, rows_arr: np.ndarray, found: tuple[list[np.ndarray], np.ndarray], out: np.ndarray
+) -> np.ndarray | None:
+    """Build the plain geometries of ``rows_arr`` (rows of ``out``) from their offsets and vertices.
+
+    ``found`` is :func:`_nested_coordinates`' answer for those rows' ``key`` lists. Returns
+    the mask (over ``out``) of rows built, or None when none is plain.
+    """
     offsets, coords = found
-    rows_arr = np.asarray(rows)
-    done = np.zeros(len(geoms), dtype=bool)
+    rows = rows_arr
+    done = np.zeros(len(out), dtype=bool)
     if key == "points":
         counts = np.diff(offsets[0])
         ok = counts > 0
@@ -698,6 +714,142 @@ def decode_features(features: list[dict[str, Any]], schema: LayerSchema, crs: CR
         where = "a feature" if exc.index is None else _feature_label(features[exc.index], exc.index, schema)
         raise GeometryError(f"{where}: {exc.detail}; {exc.fix}") from exc
     return FeatureBatch(table, geoms, crs if crs is not None else schema.crs)
+
+
+# --------------------------------------------------------------------------- raw pages in bulk
+
+#: Fields whose JSON values the Arrow reader may take as they are (any other type: careful path).
+_WIRE_TYPES = {
+    pa.int16(): pa.int16(), pa.int32(): pa.int32(), pa.int64(): pa.int64(), pa.float32(): pa.float32(),
+    pa.float64(): pa.float64(), pa.string(): pa.string(), pa.timestamp("ms", tz="UTC"): pa.int64(),
+}
+#: Layer geometry type → how its geometries read from JSON (points: x/y/z; others: one nested list).
+_WIRE_GEOMETRY = {
+    "esriGeometryPolygon": ("rings", 3),
+    "esriGeometryPolyline": ("paths", 3),
+    "esriGeometryMultipoint": ("points", 2),
+}
+
+
+def _wire_schema(schema: LayerSchema) -> pa.Schema | None:
+    """The Arrow schema a query answer of ``schema``'s layer is read with; None when no bulk read fits."""
+    attrs = []
+    for f in schema.attribute_fields:
+        wire = _WIRE_TYPES.get(f.arrow_type)
+        if wire is None:
+            return None
+        attrs.append(pa.field(f.name, wire))
+    feature = [pa.field("attributes", pa.struct(attrs))]
+    kind = schema.geometry_type
+    if kind == "esriGeometryPoint":
+        xyz = ("x", "y", "z") if schema.has_z else ("x", "y")
+        feature.append(pa.field("geometry", pa.struct([pa.field(k, pa.float64()) for k in xyz])))
+    elif kind in _WIRE_GEOMETRY:
+        key, depth = _WIRE_GEOMETRY[kind]
+        nested: pa.DataType = pa.float64()
+        for _ in range(depth):
+            nested = pa.list_(nested)
+        feature.append(pa.field("geometry", pa.struct([pa.field(key, nested)])))
+    elif kind is not None:
+        return None
+    return pa.schema([pa.field("features", pa.list_(pa.struct(feature))), pa.field("exceededTransferLimit", pa.bool_())])
+
+
+_NOT_PLAIN = (b"NaN", b"Inf")  # literals orjson refuses and the Arrow reader takes: the careful path decides
+
+
+def decode_raw_page(body: bytes, schema: LayerSchema) -> tuple[FeatureBatch, bool] | None:
+    """A query answer's raw JSON → (batch, exceededTransferLimit), or None to take the careful path.
+
+    The page is read by Arrow's JSON reader straight into typed columns (with the GIL
+    released, so page threads decode in parallel) and the geometries are built with
+    shapely's vectorised constructors. This is only a faster road to what
+    :func:`decode_features` gives: anything it cannot vouch for — a field type that needs
+    converting (dates as strings, numbers as strings, floats for integers), an attribute
+    column entirely null (a server may name fields differently), a feature without
+    attributes, a geometry that is not plain (NaN, a polygon in a point layer, curves,
+    rings the bulk path does not build), malformed JSON, several documents — returns None,
+    and the caller decodes the page with :func:`decode_features`, which decides and names
+    every such case.
+    """
+    wire = _wire_schema(schema)
+    if wire is None or any(marker in body for marker in _NOT_PLAIN):
+        return None
+    import pyarrow.json as pa_json  # only a pull reads pages; the server never does
+
+    try:
+        table = pa_json.read_json(
+            pa.py_buffer(body),
+            read_options=pa_json.ReadOptions(block_size=len(body) + 64, use_threads=False),
+            parse_options=pa_json.ParseOptions(explicit_schema=wire, unexpected_field_behavior="ignore"),
+        )
+    except (pa.ArrowException, UnicodeDecodeError, ValueError):
+        return None
+    if table.num_rows != 1:
+        return None
+    features = table.column("features").combine_chunks()
+    if features.null_count:
+        return None
+    exceeded = bool(table.column("exceededTransferLimit")[0].as_py())
+    rows = features.flatten()  # StructArray of the page's features
+    n = len(rows)
+    if n == 0:
+        return None
+    attributes = rows.field("attributes")
+    if attributes.null_count:
+        return None
+    arrays = []
+    for f, column in zip(schema.attribute_fields, attributes.flatten()):
+        if column.null_count == n:
+            return None
+        if column.type != f.arrow_type:
+            column = column.view(f.arrow_type)  # epoch milliseconds → timestamp[ms, UTC], no copy
+        arrays.append(column)
+    table = pa.Table.from_arrays(arrays, schema=schema.arrow_schema())
+    if schema.geometry_type is None:
+        return FeatureBatch(table, None, schema.crs), exceeded
+    geoms = _raw_geometries(rows.field("geometry"), schema)
+    if geoms is None:
+        return None
+    return FeatureBatch(table, geoms, schema.crs), exceeded
+
+
+def _raw_geometries(column: pa.StructArray, schema: LayerSchema) -> np.ndarray | None:
+    """The geometry column read by :func:`decode_raw_page` → shapely geometries; None: careful path."""
+    n = len(column)
+    present = ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    out = np.full(n, None, dtype=object)
+    if not present.any():
+        return out
+    if schema.geometry_type == "esriGeometryPoint":
+        children = column.flatten()
+        xs = children[0].to_numpy(zero_copy_only=False)
+        ys = children[1].to_numpy(zero_copy_only=False)
+        if not (np.isfinite(xs[present]).all() and np.isfinite(ys[present]).all()):
+            return None  # null, NaN or infinite x/y, or not a point at all
+        if schema.has_z:
+            zs = np.array(children[2].to_numpy(zero_copy_only=False), dtype=float)
+            if np.isinf(zs[present]).any():
+                return None
+            zs[np.isnan(zs)] = 0.0
+            out[present] = shapely.points(xs[present], ys[present], zs[present])
+        else:
+            out[present] = shapely.points(xs[present], ys[present])
+        return out
+    key, depth = _WIRE_GEOMETRY[schema.geometry_type or ""]
+    rows = np.flatnonzero(present)
+    parts = column.field(key).take(pa.array(rows))
+    if parts.null_count:
+        return None  # another kind of geometry, curves, or an empty object
+    found = _nested_from_arrow(parts, depth - 1, schema.has_z)
+    done = None if found is None else _build_parts(key, rows, found, out)
+    rest = rows if done is None else np.flatnonzero(present & ~done)
+    for i in rest.tolist():  # holes, several parts, open rings: one by one, as decode_geometry does
+        try:
+            out[i] = decode_geometry({key: column.field(key)[i].as_py()}, schema.geometry_type, has_z=schema.has_z)
+        except _Malformed:
+            return None  # the careful path names the feature
+    return out
 
 
 _MISSING: Any = object()

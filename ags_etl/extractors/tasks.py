@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import shapely
 
 from ags_etl.arcgis import paging, pbf
 from ags_etl.arcgis.auth import Auth
-from ags_etl.arcgis.client import DEFAULT_MAX_RESPONSE_BYTES, ArcGISClient
-from ags_etl.arcgis.esrijson import decode_features, decode_geojson_features
+from ags_etl.arcgis.client import DEFAULT_MAX_RESPONSE_BYTES, ArcGISClient, display_url
+from ags_etl.arcgis.esrijson import (
+    decode_features,
+    decode_geojson_features,
+    decode_raw_page,
+)
 from ags_etl.batch import FeatureBatch
 from ags_etl.errors import ArcGISError, PagingError, TransientError
 from ags_etl.schema import LayerSchema
@@ -260,6 +266,22 @@ def _belongs(task: PageTask, oids: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def json_object(body: bytes, url: str) -> dict[str, Any]:
+    """A raw answer that the bulk decoder left alone, parsed as the client parses answers."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        snippet = body[:80].decode("utf-8", "replace").replace("\n", " ")
+        raise ArcGISError(
+            f"{display_url(url)} did not answer JSON (starts {snippet!r}); is it an ArcGIS REST endpoint?"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ArcGISError(
+            f"{display_url(url)} answered JSON that is not an object; is it an ArcGIS REST endpoint?"
+        )
+    return data
+
+
 _process_clients: dict[ClientSpec, ArcGISClient] = {}
 _process_lock = threading.Lock()
 
@@ -285,16 +307,29 @@ def fetch_page(
     """
     http = client if client is not None else _client_for(ctx.client)
     schema = ctx.schema
+    # f=json pages come back unparsed (when the client can) for the bulk decoder.
+    raw = getattr(http, "post_raw", None) if ctx.response_format == "json" else None
+    post: Callable[[str, dict[str, Any]], bytes | dict[str, Any]]
+    if ctx.response_format == "pbf":
+        post = http.post_binary
+    else:
+        post = http.post if raw is None else raw
+    data: bytes | dict[str, Any]
     try:
-        params = task_params(task, ctx)
-        post = http.post_binary if ctx.response_format == "pbf" else http.post
-        data = post(ctx.url + "/query", params)
+        data = post(ctx.url + "/query", task_params(task, ctx))
     except TransientError as exc:
         empty = FeatureBatch.empty(
             schema.arrow_schema(), schema.crs, schema.geometry_type is not None
         )
         return PageResult(task, empty, failure=exc)
-    batch, exceeded = decode_page(data, ctx.response_format, schema, ctx.url)
+    if raw is not None and isinstance(data, bytes):
+        decoded = decode_raw_page(data, schema)
+        if decoded is None:  # not a plain page: parse it and take the careful path
+            data = json_object(data, ctx.url + "/query")
+            decoded = decode_page(data, ctx.response_format, schema, ctx.url)
+        batch, exceeded = decoded
+    else:
+        batch, exceeded = decode_page(data, ctx.response_format, schema, ctx.url)
     if schema.oid_field is None:
         return PageResult(task, batch, exceeded)
     oids = page_oids(batch, schema, ctx.url)

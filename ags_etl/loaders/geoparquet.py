@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 import shapely
 from pydantic import BaseModel, ConfigDict, Field
 
-from ags_etl.batch import FeatureBatch
+from ags_etl.batch import FeatureBatch, wkb_array
 from ags_etl.errors import ConfigError, LoadError
 from ags_etl.loaders.base import FileLoader, LoaderCapabilities, LoadStats, check_batch_crs
 from ags_etl.loaders.storage import atomic_output, names_folder
@@ -226,7 +226,7 @@ class _GeoParquetWriter:
         return table.replace_schema_metadata(None)
 
     def _geometry_columns(self, geoms: np.ndarray) -> tuple[pa.Array, pa.Array]:
-        wkb = pa.array(shapely.to_wkb(geoms, flavor="iso"), type=pa.binary())
+        wkb = wkb_array(geoms)
         bounds = shapely.bounds(geoms)  # NaN rows for None and empty geometries
         valid = ~np.isnan(bounds).any(axis=1)
         if valid.any():
