@@ -2,7 +2,8 @@
 
 Serves ``--layers`` generated GeoParquet layers of ``--n`` points each with ``ags-etl serve``
 (its own process, 1000 rows a page), then runs one pipeline reading every layer into a
-partitioned GeoParquet dataset, three ways:
+partitioned GeoParquet dataset (``--sink dataset``: page tasks on the workers), or into one
+GeoParquet file per layer (``--sink file``: each job one whole-job task on a worker), three ways:
 
 * ``threads``: the default executor, each job with ``concurrency`` 4 in this process;
 * ``dask 1 worker``: a LocalCluster of one worker process with 4 threads;
@@ -12,6 +13,7 @@ Run (the default is 10 layers × 200,000 points; a few minutes on 2 cores):
 
     .venv/bin/python benchmarks/bench_dask.py
     .venv/bin/python benchmarks/bench_dask.py --layers 3 --n 20000   # quick
+    .venv/bin/python benchmarks/bench_dask.py --sink file             # whole-job tasks
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def make_layer(path: Path, n: int, seed: int) -> None:
     pq.write_table(table.replace_schema_metadata({"geo": json.dumps(geo)}), path)
 
 
-def pipeline(base: str, names: list[str], out: Path, **top: Any) -> dict[str, Any]:
+def pipeline(base: str, names: list[str], out: Path, sink: str = "dataset", **top: Any) -> dict[str, Any]:
     return {
         "version": 1,
         **top,
@@ -61,7 +63,11 @@ def pipeline(base: str, names: list[str], out: Path, **top: Any) -> dict[str, An
             {
                 "name": name,
                 "source": {"url": f"{base}/arcgis/rest/services/{name}/FeatureServer/0", "concurrency": 4},
-                "sink": {"type": "geoparquet", "path": f"{out}/{name}/", "overwrite": True},
+                "sink": {
+                    "type": "geoparquet",
+                    "path": f"{out}/{name}/" if sink == "dataset" else f"{out}/{name}.parquet",
+                    "overwrite": True,
+                },
             }
             for name in names
         ],
@@ -84,6 +90,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--n", type=int, default=200_000)
+    parser.add_argument("--sink", choices=("dataset", "file"), default="dataset",
+                        help="a partitioned dataset per layer (page tasks) or one file per layer (whole-job tasks)")
     args = parser.parse_args()
     total = args.layers * args.n
     with tempfile.TemporaryDirectory(prefix="bench-dask.") as tmp:
@@ -93,16 +101,18 @@ def main() -> None:
         names = [f"points{i}" for i in range(args.layers)]
         for i, name in enumerate(names):
             make_layer(data / f"{name}.parquet", args.n, seed=i)
-        print(f"{args.layers} layers x {args.n:,} points = {total:,} features, 1000 per page")
+        print(f"{args.layers} layers x {args.n:,} points = {total:,} features, 1000 per page, sink {args.sink}")
         with run_server(data, "--max-record-count", "1000", timeout=600) as base:
             rows = []
-            seconds = timed(pipeline(base, names, out / "threads"), total)
+            seconds = timed(pipeline(base, names, out / "threads", args.sink), total)
             rows.append(("threads (concurrency 4)", seconds))
             for workers, threads in ((1, 4), (2, 2)):
                 with distributed.LocalCluster(
                     n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1", dashboard_address=":0"
                 ) as cluster:
-                    spec = pipeline(base, names, out / f"dask{workers}", executor="dask", scheduler=cluster.scheduler_address)
+                    spec = pipeline(
+                        base, names, out / f"dask{workers}", args.sink, executor="dask", scheduler=cluster.scheduler_address
+                    )
                     seconds = timed(spec, total)
                 rows.append((f"dask, {workers} worker(s) x {threads} threads", seconds))
         for label, seconds in rows:
