@@ -128,9 +128,27 @@ class _GeoParquetWriter:
         try:
             # store_schema=False (dataset parts): no ARROW:schema, so readers of a folder take the footer's
             # "geo" as the schema metadata (pyarrow exposes ARROW:schema's metadata instead when present).
-            self._writer = pq.ParquetWriter(path, self._file_schema, compression=COMPRESSION, store_schema=store_schema)
+            self._writer = pq.ParquetWriter(
+                path, self._file_schema, compression=COMPRESSION, store_schema=store_schema, **self._encodings()
+            )
         except (OSError, pa.ArrowException) as exc:
             raise LoadError(f"geoparquet: cannot create {str(path)!r}: {exc}") from exc
+
+    def _encodings(self) -> dict[str, Any]:
+        """No dictionary for the WKB and bbox columns, no min/max for the WKB column.
+
+        Their values are (nearly) all distinct: Parquet's dictionary encoder only builds a
+        hash table per row group to give up on it, and min/max of WKB bytes tell a reader
+        nothing (the bbox column's statistics are what GeoParquet readers filter on). For a
+        point layer this halves the writer's CPU and its memory per row group.
+        """
+        if not self._has_geometry:
+            return {}
+        attributes = list(self._attr_schema.names)
+        return {
+            "use_dictionary": attributes,
+            "write_statistics": attributes + [f"{self.bbox_column}.{name}" for name in _BBOX_FIELDS],
+        }
 
     # ---------------------------------------------------------------- public
 
