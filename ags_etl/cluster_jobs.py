@@ -176,6 +176,7 @@ class WholeJobs:
         self.run_id = uuid.uuid4().hex
         self.futures: list[Future] = []
         self.workers: dict[str, int] = {}
+        self.stopped = False
         self._skip = _event(self.run_id, "skip", client)
         self._stop = _event(self.run_id, "stop", client)
 
@@ -212,13 +213,17 @@ class WholeJobs:
 
     def stop(self) -> None:
         """The run is interrupted: running jobs give up at their next page; futures are cancelled."""
+        self.stopped = True
         try:
             self._stop.set()
         finally:
             self.client.cancel(self.futures)
 
     def close(self) -> None:
-        """Remove the run's events from the scheduler."""
+        """Remove the run's events from the scheduler — unless the run was stopped: jobs still
+        running on workers must go on seeing *stop* (a few bytes the scheduler keeps)."""
+        if self.stopped:
+            return
         for event in (self._skip, self._stop):
             try:
                 event.clear()

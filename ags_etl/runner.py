@@ -269,8 +269,9 @@ class PipelineRun:
 
     def _whole_done(self, future: Any) -> None:
         """Called by Dask when a whole-job task ends: a failure counts for ``--fail-fast`` now."""
-        # "finished": the task returned its report (it never raises); else Dask lost or cancelled it.
-        if future.status != "finished" or future.result().report.status == "failed":
+        # "finished": the task returned its report (it never raises); "error": Dask lost it;
+        # "cancelled": this run is being interrupted.
+        if future.status == "error" or (future.status == "finished" and future.result().report.status == "failed"):
             self._mark_failed()
 
     def _mark_failed(self) -> None:
@@ -283,9 +284,7 @@ class PipelineRun:
     def _collect(self, submitted: list[_Submitted]) -> Iterator[JobReport]:
         """The reports of one job's whole-job tasks, waiting for each."""
         for item in submitted:
-            self._running = (item.job.name, item.job_name, time.monotonic())
             report = item.whole.report(item.future, item.job.name, item.job_name)
-            self._running = None
             item.bar.finish(ok=report.status == "ok")
             if report.status == "failed":
                 self._mark_failed()

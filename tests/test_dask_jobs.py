@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.parse
 import urllib.request
 import zipfile
@@ -26,7 +29,7 @@ import shapely
 from lxml import etree
 
 from ags_etl.config import parse_pipeline
-from ags_etl.runner import run_pipeline
+from ags_etl.runner import PipelineRun, run_pipeline
 from ags_etl.server.app import serve_in_thread
 from ags_etl.server.options import ServerOptions
 from tests.layers import expected_rows, write_layer
@@ -44,6 +47,8 @@ LAYERS = {
     "pts_kmz": ("points", 250, "kmz", "pts.kmz"),
     "table_parquet": ("table", 80, "geoparquet", "table.parquet"),
 }
+#: A layer read slowly enough to be stopped half-way (one request at a time).
+BIG = 2400
 KML = {"k": "http://www.opengis.net/kml/2.2"}
 USER, PASSWORD = "etl-user", "s3cret-Pa55word-xyz"
 
@@ -53,6 +58,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("dask-jobs-layers")
     for name, (kind, n, _, _) in LAYERS.items():
         write_layer(folder / f"{name}.geojson", kind, n)
+    write_layer(folder / "big.geojson", "points", BIG)
     return folder
 
 
@@ -298,3 +304,39 @@ def test_secrets_of_whole_jobs_never_reach_the_workers_output(data_dir: Path, tm
     assert not re.search(r"(?i)token=(?!<redacted>)\w", output)
     _check_geojson(tmp_path / "pts.geojson", "points", 300)
     _check_kmz(tmp_path / "pts.kmz", "points", 250)
+
+
+def test_an_interrupted_run_stops_its_whole_jobs_on_the_workers_and_nothing_is_committed(
+    data_dir: Path, cluster: tuple[Any, Any], tmp_path: Path
+) -> None:
+    c, _ = cluster
+    with _server(data_dir, latency_ms=60) as base:  # 60 pages of 40, one at a time: about 4 s in all
+        job = {
+            "name": "big",
+            "source": {"url": f"{base}/arcgis/rest/services/big/FeatureServer/0", "concurrency": 1, "page_size": 40},
+            "sink": {"type": "geojson", "path": str(tmp_path / "big.geojson")},
+        }
+        run = PipelineRun(parse_pipeline({"version": 1, "executor": "dask", "scheduler": c.scheduler_address,
+                                          "jobs": [job]}))
+
+        def interrupt_when_pages_flow() -> None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and _stats(base)["requests"] < 8:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C on the driver
+
+        watcher = threading.Thread(target=interrupt_when_pages_flow)
+        watcher.start()
+        with pytest.raises(KeyboardInterrupt):
+            run.run()
+        watcher.join()
+        stopped_at = _stats(base)["requests"]
+        deadline = time.monotonic() + 15  # the worker looks at the stop event once a second
+        while time.monotonic() < deadline and list(tmp_path.glob(".big*")):
+            time.sleep(0.1)
+        later = _stats(base)["requests"]
+    assert run.report.interrupted
+    assert [(j.name, j.status) for j in run.report.jobs] == [("big", "failed")]
+    assert "told to stop" in (run.report.jobs[0].error or "")
+    assert list(tmp_path.iterdir()) == []  # no output, and the worker removed its temp file
+    assert later < BIG // 40, (stopped_at, later)  # it gave up well before its last page
