@@ -183,6 +183,10 @@ def memory(data_root: Path, args: argparse.Namespace) -> None:
     from ags_etl.server.testing import run_server
 
     print(f"\npeak RSS of `ags-etl pull` to GeoParquet ({args.page} a page, concurrency {args.concurrency})")
+    imports = [sys.executable, "-c", "import ags_etl.cli.pull, ags_etl.extractors.feature_layer, "
+               "ags_etl.loaders.geoparquet, pyarrow.json, pyarrow.parquet"]
+    floor_rss = statistics.median(timed(imports)[1] for _ in range(args.runs))
+    print(f"  the modules a pull imports, nothing else: {floor_rss:5.0f} MB")
     for n in (100_000, 1_000_000):
         data = data_root / f"mem{n}"
         data.mkdir()
@@ -195,7 +199,7 @@ def memory(data_root: Path, args: argparse.Namespace) -> None:
         ) as base:
             url = f"{base}/arcgis/rest/services/points/FeatureServer/0"
             cmd = [sys.executable, "-m", "ags_etl.cli", "pull", url, "-o", str(Path(tmp, "m.parquet")), "-q",
-                   "--concurrency", str(args.concurrency)]
+                   "--overwrite", "--concurrency", str(args.concurrency)]
             runs = [timed(cmd) for _ in range(args.runs)]
             peaks = [peak for _, peak, code in runs if code == 0]
             if peaks:
