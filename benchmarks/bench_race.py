@@ -108,7 +108,7 @@ def timed(cmd: list[str]) -> tuple[float, float, int]:
     time_bin = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
     full = [time_bin, "-f", "MAXRSS_KB %M", *cmd] if time_bin is not None else cmd
     start = time.perf_counter()
-    proc = subprocess.run(full, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.run(full, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seconds = time.perf_counter() - start
     err = proc.stderr.decode(errors="replace")
     lines = [line for line in err.splitlines() if line.startswith("MAXRSS_KB ")]
@@ -183,8 +183,8 @@ def memory(data_root: Path, args: argparse.Namespace) -> None:
     from ags_etl.server.testing import run_server
 
     print(f"\npeak RSS of `ags-etl pull` to GeoParquet ({args.page} a page, concurrency {args.concurrency})")
-    imports = [sys.executable, "-c", "import ags_etl.cli.pull, ags_etl.extractors.feature_layer, "
-               "ags_etl.loaders.geoparquet, pyarrow.json, pyarrow.parquet"]
+    modules = "ags_etl.cli.pull, ags_etl.extractors.feature_layer, ags_etl.loaders.geoparquet, pyarrow.json, pyarrow.parquet"
+    imports = [sys.executable, "-c", f"import {modules}"]
     floor_rss = statistics.median(timed(imports)[1] for _ in range(args.runs))
     print(f"  the modules a pull imports, nothing else: {floor_rss:5.0f} MB")
     for n in (100_000, 1_000_000):
