@@ -9,7 +9,8 @@ modified in place.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 from pyproj import CRS
 
@@ -18,6 +19,22 @@ from ags_etl.schema import LayerSchema
 
 #: (xmin, ymin, xmax, ymax)
 BBox = tuple[float, float, float, float]
+
+V = TypeVar("V")
+
+
+def check_option(parse: Callable[[Any], Any], value: V) -> V:
+    """``value`` unchanged when ``parse`` accepts it (None always passes); for pydantic
+    validators of transformer ``Options``: a ConfigError from ``parse`` becomes the ValueError
+    pydantic reports with the key's path."""
+    from ags_etl.errors import ConfigError
+
+    if value is not None:
+        try:
+            parse(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+    return value
 
 
 class Transformer(ABC):

@@ -56,7 +56,7 @@ from ags_etl.geometry import (
     transform_geometries,
 )
 from ags_etl.schema import LayerSchema
-from ags_etl.transformers.base import BBox
+from ags_etl.transformers.base import BBox, check_option
 from ags_etl.transformers.base import Transformer as BaseTransformer
 from ags_etl.transformers.reproject import get_transformer, same_crs
 
@@ -269,22 +269,12 @@ class Clip(BaseTransformer):
         @field_validator("bbox")
         @classmethod
         def _bbox(cls, value: list[float] | str | None) -> list[float] | str | None:
-            if value is not None:
-                try:
-                    parse_bbox(value)
-                except ConfigError as exc:
-                    raise ValueError(str(exc)) from exc
-            return value
+            return check_option(parse_bbox, value)
 
         @field_validator("crs")
         @classmethod
         def _crs(cls, value: CRSLike | None) -> CRSLike | None:
-            if value is not None:
-                try:
-                    parse_crs(value)
-                except ConfigError as exc:
-                    raise ValueError(str(exc)) from exc
-            return value
+            return check_option(parse_crs, value)
 
         @model_validator(mode="after")
         def _one_area(self) -> "Clip.Options":

@@ -29,6 +29,7 @@ from ags_etl.errors import ConfigError, TransformError
 from ags_etl.geometry import transform_geometries
 from ags_etl.schema import LayerSchema
 from ags_etl.transformers.base import Transformer as BaseTransformer
+from ags_etl.transformers.base import check_option
 
 __all__ = ["Reproject", "get_transformer", "same_crs"]
 
@@ -79,12 +80,7 @@ class Reproject(BaseTransformer):
         @field_validator("to", "from_crs")
         @classmethod
         def _known_crs(cls, value: CRSLike | None) -> CRSLike | None:
-            if value is not None:
-                try:
-                    parse_crs(value)
-                except ConfigError as exc:
-                    raise ValueError(str(exc)) from exc
-            return value
+            return check_option(parse_crs, value)
 
     def __init__(self, to: CRSLike, *, from_crs: CRSLike | None = None, server_side: bool = False) -> None:
         self._target = parse_crs(to)
