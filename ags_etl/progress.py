@@ -22,21 +22,13 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import IO, Protocol, Self
+from typing import IO, TYPE_CHECKING, Protocol, Self
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.progress import Progress, ProgressColumn, TaskID
+
+# rich is imported only when bars are drawn (stderr is a terminal): a piped or quiet run
+# never loads it.
 
 
 class JobProgress(Protocol):
@@ -107,14 +99,20 @@ class NullProgress(ProgressFactory):
 # --- rich bars -------------------------------------------------------------------------
 
 
-class _RateColumn(ProgressColumn):
-    """Features per second, from rich's moving estimate."""
+def _rate_column() -> ProgressColumn:
+    """A column of features per second, from rich's moving estimate (a class built here, so
+    that rich is imported only when a bar is drawn)."""
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
 
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        if speed is None:
-            return Text("- features/s", style="progress.data.speed")
-        return Text(f"{speed:,.0f} features/s", style="progress.data.speed")
+    class _RateColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            if speed is None:
+                return Text("- features/s", style="progress.data.speed")
+            return Text(f"{speed:,.0f} features/s", style="progress.data.speed")
+
+    return _RateColumn()
 
 
 class _BarJob:
@@ -139,12 +137,22 @@ class BarProgress(ProgressFactory):
     """One rich bar per job on ``stream``: name, bar, percentage, done/total, rate, ETA."""
 
     def __init__(self, stream: IO[str]) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             TaskProgressColumn(),
             MofNCompleteColumn(),
-            _RateColumn(),
+            _rate_column(),
             TimeRemainingColumn(),
             console=Console(file=stream),
             redirect_stdout=False,

@@ -163,13 +163,24 @@ def _extension_table() -> dict[str, str]:
     return table
 
 
+#: Output extension → built-in loader: what :func:`_extension_table` reads from the built-ins'
+#: ``capabilities.extensions`` (tests/test_registry.py holds the two equal), known without
+#: importing any loader, so a pull imports its own loader only: no fiona unless shapefile, and
+#: no pyarrow.compute (13 MB resident, imported by the GeoJSON and feature-service loaders)
+#: for GeoParquet.
+BUILTIN_EXTENSIONS: dict[str, str] = {
+    ".geojson": "geojson", ".json": "geojson",
+    ".geojsonl": "geojsonl", ".geojsons": "geojsonl", ".ndjson": "geojsonl",
+    ".parquet": "geoparquet", ".geoparquet": "geoparquet",
+    ".kmz": "kmz", ".kml": "kmz",
+    ".shp": "shapefile", ".zip": "shapefile",
+}
+
+
 def _builtin_for_extension(ext: str) -> str | None:
-    """The first built-in loader declaring ``ext`` (as :func:`_extension_table` picks it),
-    importing loaders only up to that one, so a GeoParquet pull never imports fiona."""
-    for p in plugins("loaders"):
-        if p.builtin and ext in (e.lower() for e in load("loaders", p.name).capabilities.extensions):
-            return p.name
-    return None
+    """The built-in loader declaring ``ext`` (as :func:`_extension_table` picks it), from
+    :data:`BUILTIN_EXTENSIONS`, importing no loader."""
+    return BUILTIN_EXTENSIONS.get(ext)
 
 
 def _plugin_for_extension(ext: str) -> str | None:

@@ -7,7 +7,7 @@ import pytest
 from ags_etl.errors import ConfigError
 from ags_etl.loaders.geoparquet import GeoParquetLoader
 from ags_etl.loaders.shapefile import ShapefileLoader
-from ags_etl.registry import load, loader_name_for_path, names
+from ags_etl.registry import BUILTIN_EXTENSIONS, _extension_table, load, loader_name_for_path, names
 
 
 def test_builtins_and_entry_points_agree() -> None:
@@ -31,6 +31,11 @@ def test_unknown_names_list_what_is_installed() -> None:
 )
 def test_format_from_extension(path: str, name: str) -> None:
     assert loader_name_for_path(path) == name
+
+
+def test_builtin_extension_table_matches_the_loaders_capabilities() -> None:
+    """The static table a pull reads (so it imports no other loader) says what the loaders declare."""
+    assert BUILTIN_EXTENSIONS == _extension_table()
 
 
 def test_format_errors() -> None:

@@ -261,7 +261,8 @@ class _GeoParquetWriter:
         bbox = pa.StructArray.from_arrays(
             [pa.array(filled[:, i], type=pa.float64()) for i in range(4)],
             fields=list(_BBOX_TYPE),
-            mask=pa.array(~valid),
+            # a mask makes pyarrow import pyarrow.compute (13 MB resident) to invert it: only when needed
+            mask=None if valid.all() else pa.array(~valid),
         )
         ids = shapely.get_type_id(geoms)
         present = ids >= 0
