@@ -240,6 +240,25 @@ def auth_options(fn: F) -> F:
     return fn
 
 
+def network_options(fn: F) -> F:
+    """--max-response-mb, --proxy and --ca-bundle (the same for every command that talks to servers)."""
+    opts = [
+        click.option(
+            "--max-response-mb", type=MAX_RESPONSE_MB, default=256, show_default=True,
+            help="Refuse a server answer larger than this (MB).",
+        ),
+        click.option(
+            "--proxy", metavar="URL",
+            help="Proxy for every request, http://[USER:PASS@]host:port (default: HTTPS_PROXY/HTTP_PROXY and "
+            "NO_PROXY; the variables keep proxy credentials out of ps and shell history).",
+        ),
+        click.option("--ca-bundle", metavar="PATH", help="PEM file of CA certificates to verify servers against."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
 def auth_spec(
     token: str | None,
     api_key: str | None,

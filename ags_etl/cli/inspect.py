@@ -9,7 +9,7 @@ import click
 
 from ags_etl.arcgis.client import ArcGISClient, display_url
 from ags_etl.arcgis.auth import split_url_credentials
-from ags_etl.cli._common import MAX_RESPONSE_MB, TIMEOUT, auth_options, build_auth, handle_errors
+from ags_etl.cli._common import TIMEOUT, auth_options, build_auth, handle_errors, network_options
 from ags_etl.crs import describe_crs
 from ags_etl.errors import ArcGISError, NotALayerError
 from ags_etl.extractors.feature_layer import FeatureLayerExtractor, validate_url
@@ -36,16 +36,7 @@ def _service_summary(client: ArcGISClient, url: str) -> dict[str, Any]:
 @click.option("--where", help="Where clause for the count and plan.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--timeout", type=TIMEOUT, default=60.0, show_default=True, help="Seconds per request.")
-@click.option(
-    "--max-response-mb", type=MAX_RESPONSE_MB, default=256, show_default=True,
-    help="Refuse a server answer larger than this (MB).",
-)
-@click.option(
-    "--proxy", metavar="URL",
-    help="Proxy for every request, http://[USER:PASS@]host:port (default: HTTPS_PROXY/HTTP_PROXY and NO_PROXY; "
-    "the variables keep proxy credentials out of ps and shell history).",
-)
-@click.option("--ca-bundle", metavar="PATH", help="PEM file of CA certificates to verify servers against.")
+@network_options
 @auth_options
 @handle_errors(writes_output=False)
 def inspect_cmd(

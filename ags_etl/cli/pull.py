@@ -13,13 +13,13 @@ import click
 
 from ags_etl.cli._common import (
     CONCURRENCY,
-    MAX_RESPONSE_MB,
     PAGE_SIZE,
     RETRIES,
     TIMEOUT,
     auth_options,
     auth_spec,
     handle_errors,
+    network_options,
 )
 from ags_etl.build import build_pipeline
 from ags_etl.errors import ConfigError
@@ -163,16 +163,7 @@ def _run(job: JobSpec, bar: Any) -> Any:
 @click.option("--response-format", type=click.Choice(["json", "geojson", "pbf", "auto"]), default="json", show_default=True)
 @click.option("--timeout", type=TIMEOUT, default=60.0, show_default=True, help="Seconds per request.")
 @click.option("--retries", type=RETRIES, default=5, show_default=True, help="Retries of a failed request.")
-@click.option(
-    "--max-response-mb", type=MAX_RESPONSE_MB, default=256, show_default=True,
-    help="Refuse a server answer larger than this (MB).",
-)
-@click.option(
-    "--proxy", metavar="URL",
-    help="Proxy for every request, http://[USER:PASS@]host:port (default: HTTPS_PROXY/HTTP_PROXY and NO_PROXY; "
-    "the variables keep proxy credentials out of ps and shell history).",
-)
-@click.option("--ca-bundle", metavar="PATH", help="PEM file of CA certificates to verify servers against.")
+@network_options
 @click.option("--name-field", help="KMZ: the field that names each placemark (default: the first string field).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (only once the new one is complete).")
 @click.option(
