@@ -54,14 +54,16 @@ skip_pandas_probe()
 
 
 def use_malloc_for_arrow() -> None:
-    """Make malloc the default Arrow memory pool, unless ``ARROW_DEFAULT_MEMORY_POOL`` chooses one.
+    """Make malloc the default Arrow memory pool, unless ``ARROW_DEFAULT_MEMORY_POOL`` names another.
 
     pyarrow's default pool (mimalloc) keeps freed pages in a heap per thread; a pull
     decodes a page on each of ``concurrency`` threads, and those heaps held about 75 MB
     more at peak than malloc for a 100,000-point pull, with no measurable gain in speed.
-    Called when this module is imported, before any Arrow data of ags_etl is made.
+    Called when this module is imported, before any Arrow data of ags_etl is made. Arrow's
+    C++ default (what Parquet's writer allocates from) is set by ``ags_etl/__init__.py``
+    through the environment; this covers pyarrow imported before ags_etl.
     """
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL") is None:
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system":
         pa.set_memory_pool(pa.system_memory_pool())
 
 
