@@ -7,7 +7,13 @@ import pytest
 from ags_etl.errors import ConfigError
 from ags_etl.loaders.geoparquet import GeoParquetLoader
 from ags_etl.loaders.shapefile import ShapefileLoader
-from ags_etl.registry import BUILTIN_EXTENSIONS, _extension_table, load, loader_name_for_path, names
+from ags_etl.registry import (
+    BUILTIN_EXTENSIONS,
+    _extension_table,
+    load,
+    loader_name_for_path,
+    names,
+)
 
 
 def test_builtins_and_entry_points_agree() -> None:
