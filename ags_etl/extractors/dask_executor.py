@@ -53,7 +53,7 @@ import numpy as np
 from ags_etl.arcgis.client import ArcGISClient
 from ags_etl.cluster import HostLimit, LimitedClient, host_of
 from ags_etl.errors import ConfigError, LoadError, PagingError
-from ags_etl.extractors.driver import SeenIds
+from ags_etl.extractors.driver import SeenIds, account_page
 from ags_etl.extractors.plans import planner_for
 from ags_etl.extractors.tasks import (
     Box,
@@ -407,18 +407,7 @@ def _drive_parts(
             summary = cast(PageSummary, summary_future.result())
             result = summary.result
             pages += 1
-            stats.pages += 1
-            keep = planner.record(result)
-            stats.page_size = planner.page_size
-            stats.strays_dropped += result.strays
-            budget = planner.budget()
-            if budget is not None and pages > budget:
-                raise PagingError(
-                    f"plan {planner.strategy.value} for {planner.url} needed more than {budget} requests for "
-                    f"{planner.count} features at {planner.page_size} per page; the server's answers do not add "
-                    f"up (a count too high, or pages shorter than they say). Retry; if it repeats, try another "
-                    f"--strategy, and report the server version ({info.current_version})"
-                )
+            keep = account_page(planner, result, stats, pages, info.current_version)
             if keep and len(summary.keys):
                 fresh = seen.add(summary.keys)
                 dropped = int((~fresh).sum())

@@ -129,6 +129,28 @@ class SeenIds:
         return fresh
 
 
+def account_page(planner: Planner, result: PageResult, stats: ExtractStats, pages: int, version: object) -> bool:
+    """Hand ``result`` (the ``pages``-th page of the run) to its planner and count it in ``stats``.
+
+    Returns the planner's verdict (keep the page's rows or not). Raises PagingError once the
+    plan needs more requests than its budget: the server's answers do not add up. Shared by
+    every executor's driver loop (threads here, Dask in ``dask_executor``).
+    """
+    stats.pages += 1
+    keep = planner.record(result)
+    stats.page_size = planner.page_size
+    stats.strays_dropped += result.strays
+    budget = planner.budget()
+    if budget is not None and pages > budget:
+        raise PagingError(
+            f"plan {planner.strategy.value} for {planner.url} needed more than {budget} requests for "
+            f"{planner.count} features at {planner.page_size} per page; the server's answers do not add "
+            f"up (a count too high, or pages shorter than they say). Retry; if it repeats, try another "
+            f"--strategy, and report the server version ({version})"
+        )
+    return keep
+
+
 def drive(
     planner: Planner,
     fetch: Callable[[PageTask], PageResult],
@@ -173,18 +195,7 @@ def drive(
             future, from_staging = window.popleft()
             result = future.result()
             pages += 1
-            stats.pages += 1
-            keep = planner.record(result)
-            stats.page_size = planner.page_size
-            stats.strays_dropped += result.strays
-            budget = planner.budget()
-            if budget is not None and pages > budget:
-                raise PagingError(
-                    f"plan {planner.strategy.value} for {planner.url} needed more than {budget} requests for "
-                    f"{planner.count} features at {planner.page_size} per page; the server's answers do not add "
-                    f"up (a count too high, or pages shorter than they say). Retry; if it repeats, try another "
-                    f"--strategy, and report the server version ({version})"
-                )
+            keep = account_page(planner, result, stats, pages, version)
             if staging is not None and not from_staging and result.failure is None:
                 # Pages the planner splits or spot-checks are staged too: replayed, they
                 # lead the planner to the same follow-ups without asking again.
