@@ -166,7 +166,7 @@ def forward_proxy(credentials: tuple[str, str] | None = None, tls: ssl.SSLContex
     userinfo = f"{credentials[0]}:{credentials[1]}@" if credentials is not None else ""
     scheme = "https" if tls is not None else "http"
     record.url = f"{scheme}://{userinfo}127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield record
@@ -203,7 +203,7 @@ def tls_terminator(upstream: str, context: ssl.SSLContext) -> Iterator[str]:
     server = _Terminator(("127.0.0.1", 0), _TerminatorHandler)
     server.context = context
     server.upstream = (parts.hostname, parts.port)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"https://127.0.0.1:{server.server_address[1]}"

@@ -487,7 +487,7 @@ def serve_in_thread(directory: Path, options: ServerOptions) -> contextlib.Abstr
     @contextlib.contextmanager
     def _run() -> Iterator[str]:
         with running_server(directory, options) as (server, base_url):
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
             thread.start()
             try:
                 yield base_url
