@@ -23,25 +23,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
 import orjson
 
-from tests.loopback import JSONHandler
+from tests.loopback import JSONHandler, serving  # noqa: F401 - serving is part of this module's API
 
-
-@contextlib.contextmanager
-def serving(handler: type[JSONHandler]) -> Iterator[str]:
-    """:func:`tests.loopback.serving`, but stopped within 50 ms (these tests start many servers)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 ROWS = [{"OBJECTID": 1, "NAME": "one"}, {"OBJECTID": 2, "NAME": "two"}, {"OBJECTID": 3, "NAME": "three"}]
 COOKIE = "stubsession=cookie-secret-5f3a"
